@@ -1,0 +1,218 @@
+"""Synthetic BOP scenes: textured meshes rendered with pyrender (OSMesa) on cluttered backgrounds.
+
+The mesh renderer here is independent of the Gaussian renderer under test.
+Objects: procedurally generated (a textured one, a low-texture one) and real
+meshes from Debian's assimp-testmodels (the Collada duck).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import trimesh  # noqa: E402
+
+from .errors import InputError  # noqa: E402
+from .geometry import pose_to_bop  # noqa: E402
+from .render import look_at_pose  # noqa: E402
+
+DUCK_PATH = "/usr/share/assimp/models/Collada/duck.dae"
+DEFAULT_K = np.array([[600.0, 0, 319.5], [0, 600.0, 239.5], [0, 0, 1]])
+WIDTH, HEIGHT = 640, 480
+
+
+def _normalise(mesh: trimesh.Trimesh, diameter: float) -> trimesh.Trimesh:
+    """Centre on the bounding-box centre and scale so the diameter (max vertex distance) is `diameter` m."""
+    mesh = mesh.copy()
+    mesh.apply_translation(-mesh.bounds.mean(0))
+    hull = mesh.convex_hull.vertices
+    d = max(np.linalg.norm(hull[:, None] - hull[None], axis=-1).max(), 1e-9)
+    mesh.apply_scale(diameter / d)
+    return mesh
+
+
+def textured_object(seed: int = 1) -> trimesh.Trimesh:
+    """A rounded box with a high-frequency random colour pattern (vertex colours)."""
+    rng = np.random.default_rng(seed)
+    mesh = trimesh.creation.box(extents=[1.0, 0.7, 0.5])
+    mesh = mesh.subdivide_to_size(0.04)
+    v = mesh.vertices
+    # a few colour blobs and stripes: distinctive under any rotation
+    col = np.full((len(v), 3), 0.5)
+    for _ in range(14):
+        c = rng.uniform(-0.5, 0.5, 3) * [1.0, 0.7, 0.5]
+        r = rng.uniform(0.1, 0.3)
+        w = np.exp(-np.sum((v - c) ** 2, 1) / (2 * r * r))[:, None]
+        col = col * (1 - w) + w * rng.uniform(0, 1, 3)
+    col += 0.15 * np.sin(25 * v[:, :1]) * np.cos(19 * v[:, 1:2])
+    mesh.visual = trimesh.visual.ColorVisuals(mesh, vertex_colors=(np.clip(col, 0, 1) * 255).astype(np.uint8))
+    return _normalise(mesh, 0.16)
+
+
+def lowtex_object() -> trimesh.Trimesh:
+    """An asymmetric L-shaped bracket in one plain colour (shape, not texture, carries the pose)."""
+    a = trimesh.creation.box(extents=[1.0, 0.35, 0.3])
+    b = trimesh.creation.box(extents=[0.3, 0.35, 0.8])
+    b.apply_translation([0.35, 0, 0.55])
+    c = trimesh.creation.cylinder(radius=0.12, height=0.5)
+    c.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 2, [1, 0, 0]))
+    c.apply_translation([-0.4, 0.3, 0.0])
+    mesh = trimesh.util.concatenate([a, b, c]).subdivide_to_size(0.05)
+    mesh.visual = trimesh.visual.ColorVisuals(mesh, vertex_colors=np.tile([205, 170, 120, 255], (len(mesh.vertices), 1)))
+    return _normalise(mesh, 0.15)
+
+
+def duck_object() -> trimesh.Trimesh:
+    if not os.path.isfile(DUCK_PATH):
+        raise InputError(f"real mesh not found: {DUCK_PATH} (apt-get install assimp-testmodels)")
+    scene = trimesh.load(DUCK_PATH)
+    mesh = scene.to_geometry() if isinstance(scene, trimesh.Scene) else scene
+    return _normalise(mesh, 0.14)
+
+
+OBJECTS = {1: ("textured", textured_object), 2: ("lowtex", lowtex_object), 3: ("duck", duck_object)}
+
+
+def random_background(rng: np.random.Generator, width=WIDTH, height=HEIGHT) -> np.ndarray:
+    """Cluttered background: smooth colour field plus random rectangles, ellipses and lines."""
+    small = rng.uniform(0, 255, (6, 8, 3)).astype(np.uint8)
+    bg = cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
+    for _ in range(rng.integers(15, 35)):
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
+        kind = rng.integers(3)
+        if kind == 0:
+            cv2.rectangle(bg, (x, y), (x + int(rng.integers(10, 150)), y + int(rng.integers(10, 150))), colour, -1)
+        elif kind == 1:
+            cv2.ellipse(bg, (x, y), (int(rng.integers(5, 80)), int(rng.integers(5, 80))), float(rng.uniform(0, 180)), 0, 360, colour, -1)
+        else:
+            cv2.line(bg, (x, y), (int(rng.integers(0, width)), int(rng.integers(0, height))), colour, int(rng.integers(1, 8)))
+    noise = rng.normal(0, 6, bg.shape)
+    return np.clip(bg + noise, 0, 255).astype(np.uint8)
+
+
+class MeshRenderer:
+    """pyrender offscreen renderer for one mesh with random lighting."""
+
+    def __init__(self, mesh: trimesh.Trimesh, width=WIDTH, height=HEIGHT):
+        import pyrender
+
+        self.pyrender = pyrender
+        self.mesh = pyrender.Mesh.from_trimesh(mesh, smooth=False)
+        self.renderer = pyrender.OffscreenRenderer(width, height)
+        self.width, self.height = width, height
+
+    def render(self, T, K, rng: np.random.Generator):
+        pr = self.pyrender
+        scene = pr.Scene(ambient_light=np.full(3, rng.uniform(0.25, 0.45)), bg_color=[0, 0, 0, 0])
+        scene.add(self.mesh)
+        cam = pr.IntrinsicsCamera(K[0, 0], K[1, 1], K[0, 2], K[1, 2], znear=0.01, zfar=10.0)
+        # pyrender cameras look down -z with y up (OpenGL); ours look down +z with y down
+        cam_pose = np.linalg.inv(T) @ np.diag([1.0, -1.0, -1.0, 1.0])
+        scene.add(cam, pose=cam_pose)
+        light_dir = rng.normal(size=3)
+        light_dir[2] = -abs(light_dir[2]) - 0.5  # mostly from the camera side
+        light_pose = cam_pose.copy()
+        light_pose[:3, :3] = cam_pose[:3, :3] @ _rotation_towards(light_dir)
+        scene.add(pr.DirectionalLight(intensity=rng.uniform(2.0, 4.0)), pose=light_pose)
+        color, depth = self.renderer.render(scene, flags=pr.RenderFlags.RGBA)
+        return color[..., :3], depth > 0
+
+    def close(self):
+        self.renderer.delete()
+
+
+def _rotation_towards(direction: np.ndarray) -> np.ndarray:
+    """Rotation whose -z axis points along `direction` (pyrender lights shine along -z)."""
+    z = -direction / np.linalg.norm(direction)
+    x = np.cross([0.0, 1.0, 0.0], z)
+    if np.linalg.norm(x) < 1e-6:
+        x = np.array([1.0, 0, 0])
+    x /= np.linalg.norm(x)
+    return np.stack([x, np.cross(z, x), z], axis=1)
+
+
+def reference_poses(n: int, distance: float, rng: np.random.Generator) -> list[np.ndarray]:
+    """Views spread over the whole sphere (Fibonacci lattice) with random in-plane roll."""
+    poses = []
+    for i in range(n):
+        el = np.degrees(np.arcsin(1 - 2 * (i + 0.5) / n))
+        az = np.degrees(i * np.pi * (3 - np.sqrt(5))) % 360
+        poses.append(look_at_pose(distance, az, el, rng.uniform(-30, 30)))
+    return poses
+
+
+def query_poses(n: int, distance: float, rng: np.random.Generator, K=DEFAULT_K, width=WIDTH, height=HEIGHT):
+    """Random rotations, depth in [0.8, 1.3]*distance, object anywhere well inside the image."""
+    poses = []
+    for _ in range(n):
+        T = look_at_pose(distance * rng.uniform(0.8, 1.3), rng.uniform(0, 360), np.degrees(np.arcsin(rng.uniform(-1, 1))), rng.uniform(-180, 180))
+        u = rng.uniform(0.25, 0.75) * width
+        v = rng.uniform(0.25, 0.75) * height
+        z = T[2, 3]
+        T[0, 3] = (u - K[0, 2]) * z / K[0, 0]
+        T[1, 3] = (v - K[1, 2]) * z / K[1, 1]
+        poses.append(T)
+    return poses
+
+
+def write_split(root, split, obj_id, mesh, poses, rng, K=DEFAULT_K, background=True):
+    """Render one scene (scene id = obj id) of `split` in BOP layout."""
+    sdir = os.path.join(root, split, f"{obj_id:06d}")
+    os.makedirs(os.path.join(sdir, "rgb"), exist_ok=True)
+    os.makedirs(os.path.join(sdir, "mask_visib"), exist_ok=True)
+    renderer = MeshRenderer(mesh)
+    cams, gts = {}, {}
+    try:
+        for im_id, T in enumerate(poses):
+            color, mask = renderer.render(T, K, rng)
+            bg = random_background(rng) if background else np.zeros_like(color)
+            img = np.where(mask[..., None], color, bg)
+            cv2.imwrite(os.path.join(sdir, "rgb", f"{im_id:06d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+            cv2.imwrite(os.path.join(sdir, "mask_visib", f"{im_id:06d}_000000.png"), mask.astype(np.uint8) * 255)
+            R, t = pose_to_bop(T)
+            cams[str(im_id)] = {"cam_K": K.reshape(-1).tolist(), "depth_scale": 1.0}
+            gts[str(im_id)] = [{"cam_R_m2c": R, "cam_t_m2c": t, "obj_id": obj_id}]
+    finally:
+        renderer.close()
+    with open(os.path.join(sdir, "scene_camera.json"), "w") as f:
+        json.dump(cams, f)
+    with open(os.path.join(sdir, "scene_gt.json"), "w") as f:
+        json.dump(gts, f)
+
+
+def write_model(root, obj_id, mesh: trimesh.Trimesh, models_info: dict):
+    os.makedirs(os.path.join(root, "models"), exist_ok=True)
+    mm = mesh.copy()
+    mm.apply_scale(1000.0)
+    if not isinstance(mm.visual, trimesh.visual.ColorVisuals):
+        mm.visual = mm.visual.to_color()
+    mm.export(os.path.join(root, "models", f"obj_{obj_id:06d}.ply"))
+    hull = mm.convex_hull.vertices
+    lo, hi = mm.bounds
+    models_info[str(obj_id)] = {
+        "diameter": float(np.linalg.norm(hull[:, None] - hull[None], axis=-1).max()),
+        "min_x": float(lo[0]), "min_y": float(lo[1]), "min_z": float(lo[2]),
+        "size_x": float(hi[0] - lo[0]), "size_y": float(hi[1] - lo[1]), "size_z": float(hi[2] - lo[2]),
+    }
+
+
+def generate_dataset(root: str, obj_ids=(1, 2, 3), n_refs: int = 64, n_tests: int = 30, seed: int = 0,
+                     ref_split: str = "train", test_split: str = "test", distance: float = 0.5) -> str:
+    """Write a small BOP dataset of the built-in objects; returns root."""
+    models_info = {}
+    for obj_id in obj_ids:
+        if obj_id not in OBJECTS:
+            raise InputError(f"unknown built-in object id {obj_id} (have {sorted(OBJECTS)})")
+        rng = np.random.default_rng(seed * 1000 + obj_id)
+        mesh = OBJECTS[obj_id][1]()
+        write_model(root, obj_id, mesh, models_info)
+        write_split(root, ref_split, obj_id, mesh, reference_poses(n_refs, distance, rng), rng)
+        write_split(root, test_split, obj_id, mesh, query_poses(n_tests, distance, rng), rng)
+    with open(os.path.join(root, "models", "models_info.json"), "w") as f:
+        json.dump(models_info, f, indent=1)
+    return root
