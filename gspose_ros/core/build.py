@@ -105,10 +105,11 @@ def visual_hull(crops: list[ViewCrop], box: np.ndarray | None, resolution: int):
         u = np.floor(uv[:, 0] / uv[:, 2]).astype(np.int64)
         v = np.floor(uv[:, 1] / uv[:, 2]).astype(np.int64)
         S = c.mask.shape[0]
-        seen = (u >= 0) & (u < S) & (v >= 0) & (v < S) & (p[:, 2] > 0)
+        # the crop holds the whole mask, so a point projecting outside the crop is outside the object
+        in_crop = (u >= 0) & (u < S) & (v >= 0) & (v < S) & (p[:, 2] > 0)
         inside = np.zeros(len(grid), dtype=bool)
-        inside[seen] = c.mask[v[seen], u[seen]]
-        outside_votes += seen & ~inside
+        inside[in_crop] = c.mask[v[in_crop], u[in_crop]]
+        outside_votes += ~inside
     # tolerate a few inconsistent masks (co-segmentation errors, slight pose noise)
     occupied = (outside_votes <= max(1, len(crops) // 20)).reshape((resolution,) * 3)
     if occupied.sum() < 8:
@@ -137,14 +138,23 @@ def _sample_colours(points: np.ndarray, crops: list[ViewCrop]) -> np.ndarray:
     return np.nan_to_num(med, nan=0.5)
 
 
-def _init_gaussians(crops, box, cfg: BuildConfig, rng: np.random.Generator) -> tuple[GaussianObject, float]:
+def _diameter(points: np.ndarray) -> float:
+    from scipy.spatial import ConvexHull
+
+    hull = points[ConvexHull(points).vertices] if len(points) > 4 else points
+    return float(np.linalg.norm(hull[:, None] - hull[None], axis=-1).max())
+
+
+def _init_gaussians(crops, box, cfg: BuildConfig, rng: np.random.Generator):
+    """Gaussians on the visual-hull surface; returns (object, hull diameter, hull box)."""
     points, voxel, box = visual_hull(crops, box, cfg.hull_resolution)
+    diameter = _diameter(points)
+    hull_box = np.stack([points.min(0) - voxel, points.max(0) + voxel])
     if len(points) > cfg.n_init:
         points = points[rng.choice(len(points), cfg.n_init, replace=False)]
     points = points + rng.uniform(-0.25, 0.25, points.shape) * voxel
     colours = _sample_colours(points, crops)
     n = len(points)
-    extent = np.linalg.norm(points.max(0) - points.min(0))
     sh = torch.zeros(n, (cfg.sh_degree + 1) ** 2, 3)
     sh[:, 0] = rgb_to_sh0(torch.from_numpy(colours).float())
     obj = GaussianObject(
@@ -155,15 +165,24 @@ def _init_gaussians(crops, box, cfg: BuildConfig, rng: np.random.Generator) -> t
         sh=sh,
         meta={},
     )
-    return obj, float(extent)
+    return obj, diameter, hull_box
 
 
-def _densify(params: dict, grad_accum: torch.Tensor, grad_count: torch.Tensor, cfg: BuildConfig, diameter: float, rng):
+def _keep_mask(params: dict, cfg: BuildConfig, hull_box: np.ndarray) -> torch.Tensor:
+    """Gaussians worth keeping: visible enough and inside the visual hull's box (no floaters)."""
+    lo, hi = (torch.from_numpy(b).float() for b in hull_box)
+    m = params["means"]
+    inside = ((m >= lo) & (m <= hi)).all(1)
+    return inside & (torch.sigmoid(params["opacity_logits"]) > cfg.prune_opacity)
+
+
+def _densify(params: dict, grad_accum: torch.Tensor, grad_count: torch.Tensor, cfg: BuildConfig, diameter: float,
+             hull_box: np.ndarray):
     """Clone small / split large Gaussians with the largest screen-space gradients; prune faint ones."""
     with torch.no_grad():
         n = params["means"].shape[0]
         avg = grad_accum / grad_count.clamp(min=1)
-        keep = torch.sigmoid(params["opacity_logits"]) > cfg.prune_opacity
+        keep = _keep_mask(params, cfg, hull_box)
         room = cfg.max_gaussians - int(keep.sum())
         k = min(int(cfg.densify_fraction * n), max(room, 0))
         new = {name: [p[keep]] for name, p in params.items()}
@@ -220,7 +239,7 @@ def build_gaussian_object(
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
     crops = [crop_view(v, cfg.crop_size) for v in views]
-    obj, diameter = _init_gaussians(crops, box, cfg, rng)
+    obj, diameter, hull_box = _init_gaussians(crops, box, cfg, rng)
     targets = [(torch.from_numpy(c.rgb), torch.from_numpy(c.mask).float(), c.T, c.K) for c in crops]
     params = {k: v.clone().requires_grad_(True) for k, v in obj.tensors().items()}
     opt = _make_optimizer(params, cfg, diameter, 1.0)
@@ -239,13 +258,13 @@ def build_gaussian_object(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        loss_value = float(loss)
+        loss_value = float(loss.detach())
         if it <= densify_until and params["means"].grad is not None:
             with torch.no_grad():
                 grad_accum += _screen_grad_proxy(params["means"].grad, T, K)
                 grad_count += 1
             if it >= cfg.densify_from and it % cfg.densify_every == 0:
-                params = _densify(params, grad_accum, grad_count, cfg, diameter, rng)
+                params = _densify(params, grad_accum, grad_count, cfg, diameter, hull_box)
                 opt = _make_optimizer(params, cfg, diameter, decay)
                 grad_accum = torch.zeros(params["means"].shape[0])
                 grad_count = torch.zeros(params["means"].shape[0])
@@ -256,14 +275,12 @@ def build_gaussian_object(
         if cfg.time_budget_s is not None and time.perf_counter() - start > cfg.time_budget_s:
             break
     with torch.no_grad():
-        final = GaussianObject(**{k: v.detach().clone() for k, v in params.items()}, meta={})
-        keep = torch.sigmoid(final.opacity_logits) > cfg.prune_opacity
-        final = GaussianObject(**{k: v[keep] for k, v in final.tensors().items()}, meta={})
-    means = final.means.numpy()
-    centre_box = np.stack([means.min(0), means.max(0)])
+        keep = _keep_mask(params, cfg, hull_box)
+        final = GaussianObject(**{k: v.detach()[keep].clone() for k, v in params.items()}, meta={})
     final.meta = {
-        "diameter": float(np.linalg.norm(centre_box[1] - centre_box[0])),
-        "box": centre_box.tolist(),
+        # the visual hull's, not the Gaussians' extent: one stray Gaussian must not change it
+        "diameter": diameter,
+        "box": hull_box.tolist(),
         "n_views": len(views),
         "crop_size": cfg.crop_size,
         "iterations": it,

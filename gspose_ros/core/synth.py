@@ -106,19 +106,28 @@ class MeshRenderer:
         self.renderer = pyrender.OffscreenRenderer(width, height)
         self.width, self.height = width, height
 
-    def render(self, T, K, rng: np.random.Generator):
+    def render(self, T, K, rng: np.random.Generator, fixed_light: bool = False):
+        """fixed_light: one light fixed in the object frame, as when a camera circles a static
+        object to capture references; otherwise random lighting relative to the camera."""
         pr = self.pyrender
-        scene = pr.Scene(ambient_light=np.full(3, rng.uniform(0.25, 0.45)), bg_color=[0, 0, 0, 0])
+        ambient = 0.35 if fixed_light else rng.uniform(0.25, 0.45)
+        scene = pr.Scene(ambient_light=np.full(3, ambient), bg_color=[0, 0, 0, 0])
         scene.add(self.mesh)
         cam = pr.IntrinsicsCamera(K[0, 0], K[1, 1], K[0, 2], K[1, 2], znear=0.01, zfar=10.0)
         # pyrender cameras look down -z with y up (OpenGL); ours look down +z with y down
         cam_pose = np.linalg.inv(T) @ np.diag([1.0, -1.0, -1.0, 1.0])
         scene.add(cam, pose=cam_pose)
-        light_dir = rng.normal(size=3)
-        light_dir[2] = -abs(light_dir[2]) - 0.5  # mostly from the camera side
-        light_pose = cam_pose.copy()
-        light_pose[:3, :3] = cam_pose[:3, :3] @ _rotation_towards(light_dir)
-        scene.add(pr.DirectionalLight(intensity=rng.uniform(2.0, 4.0)), pose=light_pose)
+        if fixed_light:
+            light_pose = np.eye(4)
+            light_pose[:3, :3] = _rotation_towards(np.array([0.3, 0.2, -1.0]))  # from above, object frame
+            intensity = 3.0
+        else:
+            light_dir = rng.normal(size=3)
+            light_dir[2] = -abs(light_dir[2]) - 0.5  # mostly from the camera side
+            light_pose = cam_pose.copy()
+            light_pose[:3, :3] = cam_pose[:3, :3] @ _rotation_towards(light_dir)
+            intensity = rng.uniform(2.0, 4.0)
+        scene.add(pr.DirectionalLight(intensity=intensity), pose=light_pose)
         color, depth = self.renderer.render(scene, flags=pr.RenderFlags.RGBA)
         return color[..., :3], depth > 0
 
@@ -160,7 +169,7 @@ def query_poses(n: int, distance: float, rng: np.random.Generator, K=DEFAULT_K, 
     return poses
 
 
-def write_split(root, split, obj_id, mesh, poses, rng, K=DEFAULT_K, background=True):
+def write_split(root, split, obj_id, mesh, poses, rng, K=DEFAULT_K, background=True, fixed_light=False):
     """Render one scene (scene id = obj id) of `split` in BOP layout."""
     sdir = os.path.join(root, split, f"{obj_id:06d}")
     os.makedirs(os.path.join(sdir, "rgb"), exist_ok=True)
@@ -169,7 +178,7 @@ def write_split(root, split, obj_id, mesh, poses, rng, K=DEFAULT_K, background=T
     cams, gts = {}, {}
     try:
         for im_id, T in enumerate(poses):
-            color, mask = renderer.render(T, K, rng)
+            color, mask = renderer.render(T, K, rng, fixed_light)
             bg = random_background(rng) if background else np.zeros_like(color)
             img = np.where(mask[..., None], color, bg)
             cv2.imwrite(os.path.join(sdir, "rgb", f"{im_id:06d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
@@ -211,8 +220,24 @@ def generate_dataset(root: str, obj_ids=(1, 2, 3), n_refs: int = 64, n_tests: in
         rng = np.random.default_rng(seed * 1000 + obj_id)
         mesh = OBJECTS[obj_id][1]()
         write_model(root, obj_id, mesh, models_info)
-        write_split(root, ref_split, obj_id, mesh, reference_poses(n_refs, distance, rng), rng)
+        write_split(root, ref_split, obj_id, mesh, reference_poses(n_refs, distance, rng), rng, fixed_light=True)
         write_split(root, test_split, obj_id, mesh, query_poses(n_tests, distance, rng), rng)
     with open(os.path.join(root, "models", "models_info.json"), "w") as f:
         json.dump(models_info, f, indent=1)
     return root
+
+
+def render_sequence(mesh: trimesh.Trimesh, poses, K=DEFAULT_K, seed: int = 0):
+    """Frames of a moving object over one fixed cluttered background (a tracking sequence)."""
+    rng = np.random.default_rng(seed)
+    bg = random_background(rng)
+    renderer = MeshRenderer(mesh)
+    frames = []
+    try:
+        light_rng = np.random.default_rng(seed + 1)
+        for T in poses:
+            color, mask = renderer.render(T, K, np.random.default_rng(light_rng.integers(1 << 31)), fixed_light=True)
+            frames.append((np.where(mask[..., None], color, bg), mask))
+    finally:
+        renderer.close()
+    return frames

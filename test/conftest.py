@@ -1,0 +1,42 @@
+"""Shared fixtures: a small synthetic BOP dataset (pyrender) and a 3DGO fitted to it, built once per session."""
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory):
+    from gspose_ros.core import synth
+
+    root = str(tmp_path_factory.mktemp("bop"))
+    return synth.generate_dataset(root, obj_ids=(2,), n_refs=32, n_tests=4, seed=3)
+
+
+@pytest.fixture(scope="session")
+def ref_views(dataset):
+    from gspose_ros.core import bop
+    from gspose_ros.core.views import validate_views
+
+    frames = bop.load_split_frames(dataset, "train", 2)
+    loaded = [f.load() for f in frames]
+    return validate_views([i for i, _ in loaded], [m for _, m in loaded], [f.T for f in frames], [f.K for f in frames])
+
+
+@pytest.fixture(scope="session")
+def built(ref_views):
+    from gspose_ros.core.build import BuildConfig, build_gaussian_object
+
+    train = [v for i, v in enumerate(ref_views) if i % 8 != 3]
+    held = [v for i, v in enumerate(ref_views) if i % 8 == 3]
+    progress = []
+    result = build_gaussian_object(train, BuildConfig(iterations=600), progress=progress.append)
+    return result, held, progress
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)

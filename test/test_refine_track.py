@@ -1,0 +1,81 @@
+"""Render-and-compare refinement and tracking against pyrender ground truth."""
+
+import numpy as np
+import pytest
+
+from gspose_ros.core import bop, metrics, synth
+from gspose_ros.core.errors import InputError
+from gspose_ros.core.refine import RefineConfig, perturb_pose, refine_pose
+from gspose_ros.core.track import Tracker, smooth_trajectory
+
+
+@pytest.fixture(scope="module")
+def obj(built):
+    return built[0].gaussians
+
+
+@pytest.fixture(scope="module")
+def queries(dataset):
+    return bop.load_split_frames(dataset, "test", 2)
+
+
+def test_refinement_recovers_perturbed_pose(obj, queries, dataset):
+    pts = bop.load_model_points(dataset, 2)
+    d = bop.load_models_info(dataset)[2]["diameter"] / 1000
+    rng = np.random.default_rng(7)
+    before, after = [], []
+    for f in queries[:3]:
+        img, mask = f.load()
+        T0 = perturb_pose(f.T, rng, max_rot_deg=15)
+        r = refine_pose(obj, img, mask, T0, f.K)
+        before.append(metrics.add(T0, f.T, pts))
+        after.append(metrics.add(r.T, f.T, pts))
+        assert r.ok and 0 < r.confidence <= 1 and r.iterations >= RefineConfig.min_steps
+    assert np.mean(after) < 0.5 * np.mean(before)
+    assert np.median(after) < 0.1 * d
+
+
+def test_refinement_flags_a_wrong_object_region(obj, queries):
+    """A mask far from where the object is rendered yields a low IoU: the result is flagged, not trusted."""
+    f = queries[0]
+    img, mask = f.load()
+    wrong = np.zeros_like(mask)
+    wrong[:40, :40] = True
+    r = refine_pose(obj, img, wrong, f.T, f.K, RefineConfig(max_steps=5, min_steps=5))
+    assert not r.ok and r.mask_iou < 0.5
+
+
+def test_refine_rejects_bad_input(obj, queries):
+    f = queries[0]
+    img, mask = f.load()
+    with pytest.raises(InputError, match="mask size"):
+        refine_pose(obj, img, mask[:-1], f.T, f.K)
+    T = f.T.copy()
+    T[0, 0] = np.inf
+    with pytest.raises(InputError, match="NaN or infinite"):
+        refine_pose(obj, img, mask, T, f.K)
+    with pytest.raises(InputError, match="focal"):
+        refine_pose(obj, img, mask, f.T, np.diag([0.0, 1, 1]))
+    with pytest.raises(InputError, match="uint8"):
+        refine_pose(obj, img.astype(float), mask, f.T, f.K)
+
+
+def test_tracker_follows_a_moving_object_without_masks(obj, queries):
+    rng = np.random.default_rng(0)
+    poses = smooth_trajectory(queries[1].T, 12, rng, deg_per_frame=1.5, mm_per_frame=3.0)
+    frames = synth.render_sequence(synth.lowtex_object(), poses)
+    tracker = Tracker(obj)
+    tracker.reset(poses[0])
+    for (img, _), T_gt in zip(frames[1:], poses[1:]):
+        r = tracker.step(img, queries[1].K)
+    assert r.kept
+    travelled = np.linalg.norm(poses[-1][:3, 3] - poses[0][:3, 3])
+    err = np.linalg.norm(tracker.T[:3, 3] - poses[-1][:3, 3])
+    assert err < 0.01 and err < travelled
+    assert metrics.rotation_error_deg(tracker.T, poses[-1]) < 8.0
+
+
+def test_tracker_needs_a_start_pose(obj, queries):
+    img, _ = queries[0].load()
+    with pytest.raises(InputError, match="reset"):
+        Tracker(obj).step(img, queries[0].K)
