@@ -19,7 +19,7 @@ fi
 
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 PIP="$VENV/bin/python -m pip"
-if ! "$VENV/bin/python" -c "import gspose_ros, torch, numba, pyrender, gsplat, pytorch_msssim" >/dev/null 2>&1; then
+if ! "$VENV/bin/python" -c "import gspose_ros, torch, numba, pyrender, gsplat" >/dev/null 2>&1; then
   $PIP install -q --upgrade pip
   # torch first and pinned: 2.13.0 is the CPU build on disk here (a CUDA build on a robot);
   # installing it first stops any later requirement from pulling a multi-GB CUDA torch.

@@ -27,17 +27,40 @@ MAX_SH_DEGREE = 1  # degree >1 would need more bands than the CPU fit budget all
 
 @dataclass
 class ActivatedGaussians:
-    """What a renderer consumes. quats are wxyz and unit length, scales in metres."""
+    """What a renderer consumes. quats are wxyz and unit length, scales in metres.
+
+    `covariances` and `colors` may be filled once (see `frozen_for_pose`) when only
+    the pose changes between renders, as in refinement and tracking: that saves
+    per-render work and autograd bookkeeping on the hot path.
+    """
 
     means: torch.Tensor  # (N, 3) object frame, metres
     quats: torch.Tensor  # (N, 4) wxyz
     scales: torch.Tensor  # (N, 3)
     opacities: torch.Tensor  # (N,)
     sh: torch.Tensor  # (N, (deg+1)^2, 3)
+    covariances: torch.Tensor | None = None  # (N, 3, 3) object frame
+    colors: torch.Tensor | None = None  # (N, 3) fixed colours (view-independent within a refinement)
 
     @property
     def sh_degree(self) -> int:
         return int(round(self.sh.shape[1] ** 0.5)) - 1
+
+    def object_covariances(self) -> torch.Tensor:
+        if self.covariances is not None:
+            return self.covariances
+        M = quat_to_rotmat(self.quats) * self.scales[:, None, :]
+        return M @ M.transpose(1, 2)
+
+    def frozen_for_pose(self, T_camera_object: torch.Tensor) -> "ActivatedGaussians":
+        """Detached copy with covariances and colours fixed at viewpoint T (a refinement moves
+        the view by a few degrees, where SH colour change is negligible)."""
+        with torch.no_grad():
+            R, t = T_camera_object[:3, :3], T_camera_object[:3, 3]
+            dirs = torch.nn.functional.normalize(self.means - (-R.T @ t), dim=-1)
+            return ActivatedGaussians(self.means.detach(), self.quats.detach(), self.scales.detach(),
+                                      self.opacities.detach(), self.sh.detach(),
+                                      covariances=self.object_covariances(), colors=eval_sh_colors(self.sh, dirs))
 
 
 @dataclass

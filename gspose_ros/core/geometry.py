@@ -56,6 +56,13 @@ def make_pose(R, t) -> np.ndarray:
     return T
 
 
+def orthonormalize(T) -> np.ndarray:
+    """Nearest proper rotation for T's rotation part (float32 optimisation drifts off SO(3))."""
+    T = np.asarray(T, dtype=np.float64).copy()
+    T[:3, :3] = Rotation.from_matrix(T[:3, :3]).as_matrix()
+    return T
+
+
 def pose_inverse(T) -> np.ndarray:
     T = np.asarray(T, dtype=np.float64)
     R, t = T[:3, :3], T[:3, 3]

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .geometry import CropWindow, check_intrinsics, check_pose, crop_window_from_pose
+from .geometry import CropWindow, check_intrinsics, check_pose, crop_window_from_pose, orthonormalize
 from .gaussians import GaussianObject
 from .losses import ms_ssim_loss, ssim_loss
 from .render import render
@@ -29,11 +29,13 @@ from .views import crop_image
 class RefineConfig:
     crop_size: int = 128
     max_steps: int = 150  # paper: <= 400 on a GPU
+    coarse_size: int = 64  # the first steps compare at this size: cheap, and a wider basin
+    coarse_fraction: float = 0.5  # share of max_steps spent at coarse_size (0: none)
     lr: float = 1e-2
     weight_decay: float = 0.0
     loss: str = "ssim"  # "ssim" (refinement) or "l1ssim" (tracking)
     mask_weight: float = 3.0
-    min_steps: int = 40
+    min_steps: int = 40  # per stage, before early stopping may end it
     early_stop_window: int = 20
     early_stop_rel: float = 1e-3  # stop when the loss improved less than this over the window
     pad: float = 1.1  # window = projected bounding sphere; keeps the object at the scale the 3DGO was fitted at
@@ -49,6 +51,8 @@ class RefineResult:
     confidence: float  # in [0, 1]; mask_iou discounted by the final appearance loss
     ok: bool
     seconds: float
+    window: CropWindow | None = None  # the crop compared at crop_size
+    alpha: np.ndarray | None = None  # the render's alpha at the returned pose, in `window`
 
 
 def _skew(w: torch.Tensor) -> torch.Tensor:
@@ -95,9 +99,15 @@ def _check_query(image, mask, T_init, K):
     return image, mask, check_pose(T_init, "initial pose"), check_intrinsics(K)
 
 
+def _stages(cfg: RefineConfig) -> list[tuple[int, int]]:
+    coarse = int(round(cfg.max_steps * cfg.coarse_fraction)) if cfg.coarse_size < cfg.crop_size else 0
+    stages = [(cfg.coarse_size, coarse)] if coarse > 0 else []
+    return stages + [(cfg.crop_size, cfg.max_steps - coarse)]
+
+
 def refine_pose(obj: GaussianObject, image: np.ndarray, mask: np.ndarray | None, T_init, K,
                 config: RefineConfig | None = None, window: CropWindow | None = None) -> RefineResult:
-    """Refine T_init against the query image (+ object mask) by render-and-compare."""
+    """Refine T_init against the query image (+ object mask) by render-and-compare, coarse to fine."""
     cfg = config or RefineConfig()
     start = time.perf_counter()
     image, mask, T_init, K = _check_query(image, mask, T_init, K)
@@ -105,47 +115,47 @@ def refine_pose(obj: GaussianObject, image: np.ndarray, mask: np.ndarray | None,
         raise InputError(f"initial pose puts the object behind the camera (t_z={T_init[2, 3]:.3f} m)")
     if window is None:
         window = crop_window_from_pose(T_init, K, obj.diameter / 2, cfg.crop_size, cfg.pad)
-    target_rgb, target_mask = prepare_query(image, mask, window)
-    Kc = torch.from_numpy(window.crop_intrinsics(K)).float()
-    g = obj.activated()
     T0 = torch.from_numpy(T_init).float()
+    g = obj.activated().frozen_for_pose(T0)
     rot = torch.zeros(3, requires_grad=True)
     trans = torch.zeros(3, requires_grad=True)
-    opt = torch.optim.AdamW([rot, trans], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.max_steps)
-    losses, best = [], (float("inf"), T0)
-    steps = 0
-    for steps in range(1, cfg.max_steps + 1):
-        T = apply_delta(T0, rot, trans)
-        out = render(g, T, Kc, cfg.crop_size, cfg.crop_size)
-        loss = appearance_loss(cfg.loss, out.rgb, target_rgb)
-        if mask is not None and cfg.mask_weight > 0:
-            loss = loss + cfg.mask_weight * (out.alpha - target_mask).abs().mean()
-        value = float(loss.detach())
-        if value < best[0]:
-            best = (value, T.detach())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(value)
-        w = cfg.early_stop_window
-        if steps >= cfg.min_steps and len(losses) > w and losses[-w - 1] - min(losses[-w:]) < cfg.early_stop_rel * losses[-w - 1]:
-            break
-    T_best = best[1]
-    iou = silhouette_iou(g, T_best, Kc, cfg.crop_size, target_mask if mask is not None else None)
-    confidence = float(np.clip(iou * (1.0 - min(best[0], 1.0)), 0.0, 1.0))
-    return RefineResult(T_best.double().numpy(), best[0], steps, iou, confidence, iou >= cfg.min_mask_iou,
-                        time.perf_counter() - start)
+    steps_done = 0
+    for size, n_steps in _stages(cfg):
+        stage_window = CropWindow(window.x0, window.y0, window.side, size)
+        target_rgb, target_mask = prepare_query(image, mask, stage_window)
+        Kc = torch.from_numpy(stage_window.crop_intrinsics(K)).float()
+        opt = torch.optim.AdamW([rot, trans], lr=cfg.lr, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(n_steps, 1))
+        losses, best = [], (float("inf"), T0, None)  # losses of different sizes do not compare: best per stage
+        for step in range(1, n_steps + 1):
+            T = apply_delta(T0, rot, trans)
+            out = render(g, T, Kc, size, size)
+            loss = appearance_loss(cfg.loss, out.rgb, target_rgb)
+            if mask is not None and cfg.mask_weight > 0:
+                loss = loss + cfg.mask_weight * (out.alpha - target_mask).abs().mean()
+            value = float(loss.detach())
+            if value < best[0]:
+                best = (value, T.detach(), out.alpha.detach())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(value)
+            steps_done += 1
+            w = cfg.early_stop_window
+            if step >= min(cfg.min_steps, n_steps) and len(losses) > w and \
+                    losses[-w - 1] - min(losses[-w:]) < cfg.early_stop_rel * losses[-w - 1]:
+                break
+    best_loss, T_best, alpha = best
+    iou = _iou(alpha, target_mask) if mask is not None and alpha is not None else 1.0
+    confidence = float(np.clip(iou * (1.0 - min(best_loss, 1.0)), 0.0, 1.0))
+    return RefineResult(orthonormalize(T_best.double().numpy()), best_loss, steps_done, iou, confidence,
+                        iou >= cfg.min_mask_iou, time.perf_counter() - start, window,
+                        alpha.numpy() if alpha is not None else None)
 
 
-def silhouette_iou(g, T, Kc, size, target_mask) -> float:
-    """IoU between the render's silhouette (alpha > 0.5) and the query mask; 1.0 without a mask."""
-    if target_mask is None:
-        return 1.0
-    with torch.no_grad():
-        a = render(g, T, Kc, size, size).alpha > 0.5
-    m = target_mask > 0.5
+def _iou(alpha: torch.Tensor, target_mask: torch.Tensor) -> float:
+    a, m = alpha > 0.5, target_mask > 0.5
     union = (a | m).sum().item()
     return float((a & m).sum().item() / union) if union else 0.0
 
@@ -165,3 +175,102 @@ def perturb_pose(T, rng: np.random.Generator, max_rot_deg=20.0, max_depth_frac=0
     T[1, 3] += rng.uniform(-max_lateral_frac, max_lateral_frac) * z
     T[2, 3] = z * (1 + rng.uniform(-max_depth_frac, max_depth_frac))
     return T
+
+
+@dataclass
+class AlignConfig:
+    """Gauss-Newton (Levenberg-Marquardt) direct alignment: few, expensive-but-exact steps.
+
+    Residuals: rendered colour - masked query colour, and mask_weight * (alpha - mask);
+    Jacobians come from the forward-mode rasterizer (CPU backend)."""
+
+    crop_size: int = 128
+    coarse_size: int = 64
+    coarse_iters: int = 1
+    fine_iters: int = 2
+    mask_weight: float = 1.0
+    damping: float = 1e-2  # initial LM lambda, relative to diag(H)
+    pad: float = 1.1
+    min_mask_iou: float = 0.5
+
+
+def _delta_pose_np(T: np.ndarray, xi: np.ndarray) -> np.ndarray:
+    """numpy twin of apply_delta."""
+    from scipy.spatial.transform import Rotation
+
+    out = T.copy()
+    out[:3, :3] = Rotation.from_rotvec(xi[:3]).as_matrix() @ T[:3, :3]
+    out[:3, 3] = T[:3, 3] + T[2, 3] * xi[3:]
+    return out
+
+
+def _linearise(arrays, T: np.ndarray, Ks: np.ndarray, size: int,
+               target_rgb: np.ndarray, target_mask: np.ndarray | None, mask_weight: float):
+    """Render at T with pose Jacobians; return (loss, H, grad, alpha) of the least-squares problem."""
+    from .raster_cpu import render_with_jacobian
+    from .render import EPS2D, NEAR_PLANE
+
+    means, cov_obj, colors, opacities = arrays
+    rgb, alpha, drgb, dalpha = render_with_jacobian(means, cov_obj, colors, opacities, T[:3, :3].copy(), T[:3, 3].copy(),
+                                                    Ks, size, size, EPS2D, NEAR_PLANE)
+    n = size * size
+    r = (rgb - target_rgb).reshape(-1)
+    J = drgb.reshape(-1, 6)
+    loss = float(r @ r) / (3 * n)
+    H = J.T @ J / (3 * n)
+    grad = J.T @ r / (3 * n)
+    if target_mask is not None and mask_weight > 0:
+        ra = (alpha - target_mask).reshape(-1)
+        Ja = dalpha.reshape(-1, 6)
+        loss += mask_weight * float(ra @ ra) / n
+        H += mask_weight * Ja.T @ Ja / n
+        grad += mask_weight * Ja.T @ ra / n
+    return loss, H, grad, alpha
+
+
+def align_pose(obj: GaussianObject, image: np.ndarray, mask: np.ndarray | None, T_init, K,
+               config: AlignConfig | None = None, window: CropWindow | None = None) -> RefineResult:
+    """Levenberg-Marquardt pose alignment on the CPU renderer, coarse to fine (tracking's fast path)."""
+    from .render import shifted_intrinsics
+
+    cfg = config or AlignConfig()
+    start = time.perf_counter()
+    image, mask, T_init, K = _check_query(image, mask, T_init, K)
+    if T_init[2, 3] <= 0:
+        raise InputError(f"initial pose puts the object behind the camera (t_z={T_init[2, 3]:.3f} m)")
+    if window is None:
+        window = crop_window_from_pose(T_init, K, obj.diameter / 2, cfg.crop_size, cfg.pad)
+    g = obj.activated().frozen_for_pose(torch.from_numpy(T_init).float())
+    arrays = tuple(np.ascontiguousarray(x.double().numpy()) for x in (g.means, g.covariances, g.colors, g.opacities))
+    T = T_init.copy()
+    iterations = 0
+    stages = [(s, n) for s, n in ((cfg.coarse_size, cfg.coarse_iters), (cfg.crop_size, cfg.fine_iters)) if n > 0]
+    for stage, (size, iters) in enumerate(stages):
+        sw = CropWindow(window.x0, window.y0, window.side, size)
+        target_rgb, target_mask = (x.double().numpy() for x in prepare_query(image, mask, sw))
+        target_mask = target_mask if mask is not None else None
+        Ks = shifted_intrinsics(torch.from_numpy(sw.crop_intrinsics(K))).numpy()
+        loss, H, grad, alpha = _linearise(arrays, T, Ks, size, target_rgb, target_mask, cfg.mask_weight)
+        lam = cfg.damping
+        for it in range(iters):
+            iterations += 1
+            try:
+                xi = -np.linalg.solve(H + lam * np.diag(np.diag(H) + 1e-12), grad)
+            except np.linalg.LinAlgError:
+                break
+            T_new = _delta_pose_np(T, xi)
+            if stage == len(stages) - 1 and it == iters - 1:
+                # the last step is taken unverified: verifying costs a full render with Jacobians
+                T = T_new
+                break
+            # each linearisation verifies the previous step (Levenberg-Marquardt) and gives the next one
+            new = _linearise(arrays, T_new, Ks, size, target_rgb, target_mask, cfg.mask_weight)
+            if new[0] < loss:
+                T, (loss, H, grad, alpha) = T_new, new
+                lam = max(lam / 3.0, 1e-6)
+            else:
+                lam *= 4.0
+    iou = _iou(torch.from_numpy(alpha), torch.from_numpy(target_mask)) if target_mask is not None else 1.0
+    confidence = float(np.clip(iou * (1.0 - min(loss * 10, 1.0)), 0.0, 1.0))
+    return RefineResult(orthonormalize(T), loss, iterations, iou, confidence, iou >= cfg.min_mask_iou,
+                        time.perf_counter() - start, window, alpha)

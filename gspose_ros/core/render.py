@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import InputError
-from .gaussians import ActivatedGaussians, GaussianObject, eval_sh_colors, quat_to_rotmat
+from .gaussians import ActivatedGaussians, GaussianObject, eval_sh_colors
 from .raster_cpu import ALPHA_MAX, ALPHA_MIN, T_MIN, TILE, rasterize_cpu
 
 EPS2D = 0.3
@@ -62,9 +62,7 @@ def project_gaussians(g: ActivatedGaussians, T: torch.Tensor, K: torch.Tensor, w
     """
     R, t = T[:3, :3], T[:3, 3]
     p = g.means @ R.T + t
-    Rg = quat_to_rotmat(g.quats)
-    M = Rg * g.scales[:, None, :]
-    cov_cam = R @ (M @ M.transpose(1, 2)) @ R.T
+    cov_cam = R @ g.object_covariances() @ R.T
     x, y, z = p.unbind(-1)
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
     tan_fx, tan_fy = 0.5 * width / fx, 0.5 * height / fy
@@ -89,10 +87,12 @@ def project_gaussians(g: ActivatedGaussians, T: torch.Tensor, K: torch.Tensor, w
             & (means2d[:, 1] + radii > 0) & (means2d[:, 1] - radii < height)
         )
         radii = torch.where(valid & inside, radii, torch.zeros_like(radii)).to(torch.int64)
-    # view direction in the object frame: from the camera centre to each Gaussian
-    cam_centre = -R.T @ t
-    dirs = torch.nn.functional.normalize(g.means - cam_centre, dim=-1)
-    colors = eval_sh_colors(g.sh, dirs)
+    if g.colors is not None:
+        colors = g.colors
+    else:
+        # view direction in the object frame: from the camera centre to each Gaussian
+        dirs = torch.nn.functional.normalize(g.means - (-R.T @ t), dim=-1)
+        colors = eval_sh_colors(g.sh, dirs)
     return Projected(means2d, conics, z, radii, colors, g.opacities)
 
 
@@ -158,9 +158,11 @@ def choose_backend(device: torch.device, backend: str = "auto") -> str:
 def _render_gsplat(g: ActivatedGaussians, T, K, width, height):
     import gsplat  # imported only on CUDA: on CPU machines it may try a failing JIT build
 
+    fixed = g.colors is not None
     colors, alphas, _ = gsplat.rasterization(
-        g.means, g.quats, g.scales, g.opacities, g.sh, T[None], K[None], width, height,
-        near_plane=NEAR_PLANE, eps2d=EPS2D, sh_degree=g.sh_degree, packed=False, render_mode="RGB+ED",
+        g.means, g.quats, g.scales, g.opacities, g.colors if fixed else g.sh, T[None], K[None], width, height,
+        near_plane=NEAR_PLANE, eps2d=EPS2D, sh_degree=None if fixed else g.sh_degree, packed=False,
+        render_mode="RGB+ED",
     )
     return colors[0, ..., :3], alphas[0, ..., 0], colors[0, ..., 3].detach() * alphas[0, ..., 0].detach()
 

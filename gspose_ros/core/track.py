@@ -11,23 +11,20 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
-import torch
 
 from .errors import InputError
-from .geometry import crop_window_from_pose
+from .geometry import pose_inverse
 from .gaussians import GaussianObject
-from .refine import RefineConfig, RefineResult, refine_pose
-from .render import render
+from .refine import AlignConfig, RefineConfig, RefineResult, align_pose, refine_pose
 from .views import crop_image
 
 BINS = 16
 
 
 def tracking_config() -> RefineConfig:
-    """Few, larger steps: between consecutive frames the pose moves little."""
-    return RefineConfig(max_steps=12, min_steps=12, lr=4e-3, loss="l1ssim", mask_weight=3.0, pad=1.1)
+    """The Adam refinement used for tracking where gsplat renders (CUDA): the paper's L1+SSIM."""
+    return RefineConfig(max_steps=30, min_steps=30, coarse_fraction=0.0, lr=4e-3, loss="l1ssim", mask_weight=3.0)
 
 
 @dataclass
@@ -40,14 +37,25 @@ class TrackResult:
 
 @dataclass
 class Tracker:
+    """method "auto": Gauss-Newton alignment (AlignConfig) with the CPU renderer, the Adam
+    render-and-compare refinement (RefineConfig) when the object lives on a CUDA device."""
+
     obj: GaussianObject
     config: RefineConfig = field(default_factory=tracking_config)
+    align_config: AlignConfig = field(default_factory=AlignConfig)
+    method: str = "auto"
     T: np.ndarray | None = None
     _hists: tuple | None = None
+    _velocity: np.ndarray | None = None  # last frame-to-frame motion, camera frame
 
     def reset(self, T_camera_object: np.ndarray) -> None:
         self.T = np.asarray(T_camera_object, dtype=np.float64)
         self._hists = None
+        self._velocity = None
+
+    def predicted(self) -> np.ndarray:
+        """Constant-velocity prediction: the refinement then only corrects the change in motion."""
+        return self._velocity @ self.T if self._velocity is not None else self.T
 
     def _colour_mask(self, image, K) -> np.ndarray | None:
         """Soft object mask of the full image from last frame's colour models (None if no model)."""
@@ -58,17 +66,25 @@ class Tracker:
         idx = (q[..., 0] * BINS + q[..., 1]) * BINS + q[..., 2]
         return fg[idx] / (fg[idx] + bg[idx] + 1e-6) > 0.5
 
-    def _update_colour_model(self, image, K) -> None:
-        window = crop_window_from_pose(self.T, K, self.obj.diameter / 2, 96, 1.6)
-        with torch.no_grad():
-            alpha = render(self.obj, torch.from_numpy(self.T).float(), torch.from_numpy(window.crop_intrinsics(K)).float(),
-                           96, 96).alpha.numpy()
-        crop = crop_image(image, window)
+    def _update_colour_model(self, image, result: RefineResult) -> None:
+        """Colour histograms inside / outside the final render's silhouette in the refinement crop."""
+        alpha = result.alpha
+        crop = crop_image(image, result.window)
         q = (crop // (256 // BINS)).astype(np.int64)
         idx = ((q[..., 0] * BINS + q[..., 1]) * BINS + q[..., 2]).reshape(-1)
         fg = np.bincount(idx, weights=(alpha > 0.5).reshape(-1), minlength=BINS**3)
         bg = np.bincount(idx, weights=(alpha < 0.05).reshape(-1), minlength=BINS**3)
         self._hists = (fg / max(fg.sum(), 1.0), bg / max(bg.sum(), 1.0))
+
+    def _refine(self, image, mask, K) -> RefineResult:
+        method = self.method
+        if method == "auto":
+            method = "adam" if self.obj.means.device.type == "cuda" else "gauss-newton"
+        if method == "gauss-newton":
+            return align_pose(self.obj, image, mask, self.predicted(), K, self.align_config)
+        if method == "adam":
+            return refine_pose(self.obj, image, mask, self.predicted(), K, self.config)
+        raise InputError(f"unknown tracking method {self.method!r} (auto, gauss-newton, adam)")
 
     def step(self, image: np.ndarray, K: np.ndarray, mask: np.ndarray | None = None) -> TrackResult:
         if self.T is None:
@@ -76,11 +92,14 @@ class Tracker:
         start = time.perf_counter()
         if mask is None:
             mask = self._colour_mask(image, K)
-        result = refine_pose(self.obj, image, mask, self.T, K, self.config)
+        result = self._refine(image, mask, K)
         kept = bool(result.ok and np.all(np.isfinite(result.T)))
         if kept:
+            self._velocity = result.T @ pose_inverse(self.T)
             self.T = result.T
-            self._update_colour_model(image, K)
+            self._update_colour_model(image, result)
+        else:
+            self._velocity = None
         return TrackResult(result.T, kept, result, time.perf_counter() - start)
 
 
