@@ -19,11 +19,8 @@ def dataset(tmp_path_factory):
 @pytest.fixture(scope="session")
 def ref_views(dataset):
     from gspose_ros.core import bop
-    from gspose_ros.core.views import validate_views
 
-    frames = bop.load_split_frames(dataset, "train", 2)
-    loaded = [f.load() for f in frames]
-    return validate_views([i for i, _ in loaded], [m for _, m in loaded], [f.T for f in frames], [f.K for f in frames])
+    return bop.load_views(bop.load_split_frames(dataset, "train", 2))
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,8 @@
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 from gspose_ros.core import metrics
 from gspose_ros.core.geometry import make_pose
-from scipy.spatial.transform import Rotation
 
 K = np.array([[600.0, 0, 320], [0, 600, 240], [0, 0, 1]])
 

@@ -5,7 +5,7 @@ import pytest
 
 from gspose_ros.core import bop, metrics, synth
 from gspose_ros.core.errors import InputError
-from gspose_ros.core.refine import RefineConfig, perturb_pose, refine_pose
+from gspose_ros.core.refine import AlignConfig, RefineConfig, align_pose, perturb_pose, refine_pose
 from gspose_ros.core.track import Tracker, smooth_trajectory
 
 
@@ -45,6 +45,17 @@ def test_refinement_flags_a_wrong_object_region(obj, queries):
     assert not r.ok and r.mask_iou < 0.5
 
 
+def test_gauss_newton_alignment_converges_from_a_small_error(obj, queries, dataset):
+    pts = bop.load_model_points(dataset, 2)
+    rng = np.random.default_rng(3)
+    for f in queries[:2]:
+        img, mask = f.load()
+        T0 = perturb_pose(f.T, rng, max_rot_deg=4, max_depth_frac=0.02, max_lateral_frac=0.01)
+        r = align_pose(obj, img, mask, T0, f.K, AlignConfig(coarse_iters=3, fine_iters=3))
+        assert r.ok and r.iterations == 6
+        assert metrics.add(r.T, f.T, pts) < 0.5 * metrics.add(T0, f.T, pts)
+
+
 def test_refine_rejects_bad_input(obj, queries):
     f = queries[0]
     img, mask = f.load()
@@ -60,11 +71,12 @@ def test_refine_rejects_bad_input(obj, queries):
         refine_pose(obj, img.astype(float), mask, f.T, f.K)
 
 
-def test_tracker_follows_a_moving_object_without_masks(obj, queries):
+@pytest.mark.parametrize("method", ["gauss-newton", "adam"])
+def test_tracker_follows_a_moving_object_without_masks(obj, queries, method):
     rng = np.random.default_rng(0)
     poses = smooth_trajectory(queries[1].T, 12, rng, deg_per_frame=1.5, mm_per_frame=3.0)
     frames = synth.render_sequence(synth.lowtex_object(), poses)
-    tracker = Tracker(obj)
+    tracker = Tracker(obj, method=method)
     tracker.reset(poses[0])
     for (img, _), T_gt in zip(frames[1:], poses[1:]):
         r = tracker.step(img, queries[1].K)
@@ -79,3 +91,7 @@ def test_tracker_needs_a_start_pose(obj, queries):
     img, _ = queries[0].load()
     with pytest.raises(InputError, match="reset"):
         Tracker(obj).step(img, queries[0].K)
+    tracker = Tracker(obj, method="levitation")
+    tracker.reset(queries[0].T)
+    with pytest.raises(InputError, match="unknown tracking method"):
+        tracker.step(img, queries[0].K)

@@ -111,3 +111,45 @@ def test_gsplat_matches_cpu_backend():
 def test_render_rejects_bad_input(T, K_, size, word):
     with pytest.raises(InputError, match=word):
         render(random_object(10), T, K_, *size)
+
+
+def test_forward_mode_jacobians_match_autograd():
+    """The Gauss-Newton path: analytic projection Jacobians and the forward-mode rasterizer
+    against torch autograd through the differentiable renderer."""
+    from gspose_ros.core import raster_cpu as rc
+    from gspose_ros.core.refine import apply_delta
+    from gspose_ros.core.render import EPS2D, NEAR_PLANE
+
+    g = random_object(300).activated()
+    T0 = torch.tensor(look_at_pose(0.4, 30, 20))
+    Kt = torch.tensor(K)
+    Ks = shifted_intrinsics(Kt)
+    gf = g.frozen_for_pose(T0)
+
+    def projected(xi):
+        pr = project_gaussians(gf, apply_delta(T0, xi[:3], xi[3:]), Ks, 64, 64)
+        return torch.cat([pr.means2d, pr.conics], 1)
+
+    jac = torch.autograd.functional.jacobian(projected, torch.zeros(6, dtype=torch.float64))
+    arrays = [gf.means.numpy(), gf.covariances.numpy(), gf.opacities.numpy()]
+    R, t = T0[:3, :3].numpy().copy(), T0[:3, 3].numpy().copy()
+    m2d, conics, _, radii, dm, dc = rc.project_with_jacobians(*arrays, R, t, Ks[0, 0].item(), Ks[1, 1].item(), Ks[0, 2].item(),
+                                                              Ks[1, 2].item(), 64, 64, EPS2D, NEAR_PLANE, 2)
+    vis = radii > 0
+    assert vis.sum() > 100
+    ref = project_gaussians(gf, T0, Ks, 64, 64)
+    assert np.array_equal(vis, (ref.radii > 0).numpy())
+    assert np.allclose(m2d[vis], ref.means2d.numpy()[vis]) and np.allclose(conics[vis], ref.conics.numpy()[vis])
+    assert np.allclose(np.concatenate([dm, dc], 1)[vis], jac.numpy()[vis], rtol=1e-8, atol=1e-8)
+
+    rgb, alpha, drgb, dalpha = rc.render_with_jacobian(gf.means.numpy(), gf.covariances.numpy(), gf.colors.numpy(),
+                                                       gf.opacities.numpy(), R, t, Ks.numpy(), 64, 64, EPS2D, NEAR_PLANE)
+    gen = torch.Generator().manual_seed(3)
+    W, Wa = torch.rand(64, 64, 3, generator=gen, dtype=torch.float64), torch.rand(64, 64, generator=gen, dtype=torch.float64)
+    xi = torch.zeros(6, dtype=torch.float64, requires_grad=True)
+    out = render(gf, apply_delta(T0, xi[:3], xi[3:]), Kt, 64, 64)
+    ((out.rgb * W).sum() + (out.alpha * Wa).sum()).backward()
+    forward_mode = np.einsum("hwcj,hwc->j", drgb, W.numpy()) + np.einsum("hwj,hw->j", dalpha, Wa.numpy())
+    assert np.allclose(rgb, out.rgb.detach().numpy(), atol=1e-12) and np.allclose(alpha, out.alpha.detach().numpy())
+    assert np.allclose(forward_mode, xi.grad.numpy(), rtol=1e-7)
+    assert np.abs(forward_mode).max() > 10

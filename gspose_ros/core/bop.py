@@ -103,5 +103,15 @@ def load_split_frames(root: str, split: str, obj_id: int) -> list[BopFrame]:
     return frames
 
 
+def load_views(frames: list[BopFrame]):
+    """Frames with masks as validated PosedViews (the registration input)."""
+    from .views import validate_views
+
+    loaded = [f.load() for f in frames]
+    if any(m is None for _, m in loaded):
+        raise InputError("reference views need masks (mask_visib)")
+    return validate_views([i for i, _ in loaded], [m for _, m in loaded], [f.T for f in frames], [f.K for f in frames])
+
+
 def is_symmetric(info: dict) -> bool:
     return bool(info.get("symmetries_discrete") or info.get("symmetries_continuous"))

@@ -12,17 +12,34 @@ L1 + (1-SSIM), the paper's tracking loss. Both add a silhouette term
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from .errors import InputError
-from .geometry import CropWindow, check_intrinsics, check_pose, crop_window_from_pose, orthonormalize
 from .gaussians import GaussianObject
+from .geometry import CropWindow, check_intrinsics, check_pose, crop_window_from_pose, orthonormalize
 from .losses import ms_ssim_loss, ssim_loss
 from .render import render
 from .views import crop_image
+
+
+@dataclass
+class AlignConfig:
+    """Gauss-Newton (Levenberg-Marquardt) direct alignment: few, expensive-but-exact steps.
+
+    Residuals: rendered colour - masked query colour, and mask_weight * (alpha - mask);
+    Jacobians come from the forward-mode rasterizer (CPU backend)."""
+
+    crop_size: int = 128
+    coarse_size: int = 64
+    coarse_iters: int = 1
+    fine_iters: int = 2
+    mask_weight: float = 1.0
+    damping: float = 1e-2  # initial LM lambda, relative to diag(H)
+    pad: float = 1.1
+    min_mask_iou: float = 0.5
 
 
 @dataclass
@@ -31,7 +48,7 @@ class RefineConfig:
     max_steps: int = 150  # paper: <= 400 on a GPU
     coarse_size: int = 64  # the first steps compare at this size: cheap, and a wider basin
     coarse_fraction: float = 0.5  # share of max_steps spent at coarse_size (0: none)
-    lr: float = 1e-2
+    lr: float = 2e-2  # also the largest first step (radians, depth fractions): sets the reach
     weight_decay: float = 0.0
     loss: str = "ssim"  # "ssim" (refinement) or "l1ssim" (tracking)
     mask_weight: float = 3.0
@@ -40,6 +57,10 @@ class RefineConfig:
     early_stop_rel: float = 1e-3  # stop when the loss improved less than this over the window
     pad: float = 1.1  # window = projected bounding sphere; keeps the object at the scale the 3DGO was fitted at
     min_mask_iou: float = 0.5  # below: the result is flagged as a failure
+    # Gauss-Newton polish after Adam (CPU backend): Adam with a large step finds the basin,
+    # a few exact least-squares steps then settle depth and fine rotation, which Adam's
+    # sign-like steps leave loose. None: no polish.
+    polish: AlignConfig | None = field(default_factory=lambda: AlignConfig(coarse_iters=2, fine_iters=3))
 
 
 @dataclass
@@ -87,7 +108,9 @@ def appearance_loss(kind: str, pred: torch.Tensor, target: torch.Tensor) -> torc
     raise InputError(f"unknown refinement loss {kind!r} (ssim, l1ssim)")
 
 
-def _check_query(image, mask, T_init, K):
+def _prepare_query(obj: GaussianObject, image, mask, T_init, K, crop_size: int, pad: float,
+                   window: CropWindow | None):
+    """Validate a refinement query; returns (image, bool mask or None, T_init, K, crop window)."""
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise InputError(f"query image must be HxWx3 uint8 RGB, got shape {image.shape} dtype {image.dtype}")
@@ -96,7 +119,12 @@ def _check_query(image, mask, T_init, K):
         if mask.shape != image.shape[:2]:
             raise InputError(f"query mask size {mask.shape} does not match image size {image.shape[:2]}")
         mask = mask > (127 if mask.dtype == np.uint8 else 0)
-    return image, mask, check_pose(T_init, "initial pose"), check_intrinsics(K)
+    T_init, K = check_pose(T_init, "initial pose"), check_intrinsics(K)
+    if T_init[2, 3] <= 0:
+        raise InputError(f"initial pose puts the object behind the camera (t_z={T_init[2, 3]:.3f} m)")
+    if window is None:
+        window = crop_window_from_pose(T_init, K, obj.diameter / 2, crop_size, pad)
+    return image, mask, T_init, K, window
 
 
 def _stages(cfg: RefineConfig) -> list[tuple[int, int]]:
@@ -110,11 +138,7 @@ def refine_pose(obj: GaussianObject, image: np.ndarray, mask: np.ndarray | None,
     """Refine T_init against the query image (+ object mask) by render-and-compare, coarse to fine."""
     cfg = config or RefineConfig()
     start = time.perf_counter()
-    image, mask, T_init, K = _check_query(image, mask, T_init, K)
-    if T_init[2, 3] <= 0:
-        raise InputError(f"initial pose puts the object behind the camera (t_z={T_init[2, 3]:.3f} m)")
-    if window is None:
-        window = crop_window_from_pose(T_init, K, obj.diameter / 2, cfg.crop_size, cfg.pad)
+    image, mask, T_init, K, window = _prepare_query(obj, image, mask, T_init, K, cfg.crop_size, cfg.pad, window)
     T0 = torch.from_numpy(T_init).float()
     g = obj.activated().frozen_for_pose(T0)
     rot = torch.zeros(3, requires_grad=True)
@@ -147,14 +171,20 @@ def refine_pose(obj: GaussianObject, image: np.ndarray, mask: np.ndarray | None,
                     losses[-w - 1] - min(losses[-w:]) < cfg.early_stop_rel * losses[-w - 1]:
                 break
     best_loss, T_best, alpha = best
-    iou = _iou(alpha, target_mask) if mask is not None and alpha is not None else 1.0
+    T_out = orthonormalize(T_best.double().numpy())
+    alpha = alpha.numpy() if alpha is not None else None
+    iou = _iou(torch.from_numpy(alpha), target_mask) if mask is not None and alpha is not None else 1.0
+    if cfg.polish is not None and obj.means.device.type == "cpu":
+        polished = align_pose(obj, image, mask, T_out, K, cfg.polish, window)
+        steps_done += polished.iterations
+        if polished.mask_iou >= iou - 0.02:  # never trade a clearly better silhouette for it
+            T_out, iou, alpha = polished.T, polished.mask_iou, polished.alpha
     confidence = float(np.clip(iou * (1.0 - min(best_loss, 1.0)), 0.0, 1.0))
-    return RefineResult(orthonormalize(T_best.double().numpy()), best_loss, steps_done, iou, confidence,
-                        iou >= cfg.min_mask_iou, time.perf_counter() - start, window,
-                        alpha.numpy() if alpha is not None else None)
+    return RefineResult(T_out, best_loss, steps_done, iou, confidence, iou >= cfg.min_mask_iou,
+                        time.perf_counter() - start, window, alpha)
 
 
-def _iou(alpha: torch.Tensor, target_mask: torch.Tensor) -> float:
+def _iou(alpha, target_mask) -> float:
     a, m = alpha > 0.5, target_mask > 0.5
     union = (a | m).sum().item()
     return float((a & m).sum().item() / union) if union else 0.0
@@ -175,23 +205,6 @@ def perturb_pose(T, rng: np.random.Generator, max_rot_deg=20.0, max_depth_frac=0
     T[1, 3] += rng.uniform(-max_lateral_frac, max_lateral_frac) * z
     T[2, 3] = z * (1 + rng.uniform(-max_depth_frac, max_depth_frac))
     return T
-
-
-@dataclass
-class AlignConfig:
-    """Gauss-Newton (Levenberg-Marquardt) direct alignment: few, expensive-but-exact steps.
-
-    Residuals: rendered colour - masked query colour, and mask_weight * (alpha - mask);
-    Jacobians come from the forward-mode rasterizer (CPU backend)."""
-
-    crop_size: int = 128
-    coarse_size: int = 64
-    coarse_iters: int = 1
-    fine_iters: int = 2
-    mask_weight: float = 1.0
-    damping: float = 1e-2  # initial LM lambda, relative to diag(H)
-    pad: float = 1.1
-    min_mask_iou: float = 0.5
 
 
 def _delta_pose_np(T: np.ndarray, xi: np.ndarray) -> np.ndarray:
@@ -235,11 +248,7 @@ def align_pose(obj: GaussianObject, image: np.ndarray, mask: np.ndarray | None, 
 
     cfg = config or AlignConfig()
     start = time.perf_counter()
-    image, mask, T_init, K = _check_query(image, mask, T_init, K)
-    if T_init[2, 3] <= 0:
-        raise InputError(f"initial pose puts the object behind the camera (t_z={T_init[2, 3]:.3f} m)")
-    if window is None:
-        window = crop_window_from_pose(T_init, K, obj.diameter / 2, cfg.crop_size, cfg.pad)
+    image, mask, T_init, K, window = _prepare_query(obj, image, mask, T_init, K, cfg.crop_size, cfg.pad, window)
     g = obj.activated().frozen_for_pose(torch.from_numpy(T_init).float())
     arrays = tuple(np.ascontiguousarray(x.double().numpy()) for x in (g.means, g.covariances, g.colors, g.opacities))
     T = T_init.copy()

@@ -159,7 +159,8 @@ def query_poses(n: int, distance: float, rng: np.random.Generator, K=DEFAULT_K, 
     """Random rotations, depth in [0.8, 1.3]*distance, object anywhere well inside the image."""
     poses = []
     for _ in range(n):
-        T = look_at_pose(distance * rng.uniform(0.8, 1.3), rng.uniform(0, 360), np.degrees(np.arcsin(rng.uniform(-1, 1))), rng.uniform(-180, 180))
+        elevation = np.degrees(np.arcsin(rng.uniform(-1, 1)))  # uniform over the sphere
+        T = look_at_pose(distance * rng.uniform(0.8, 1.3), rng.uniform(0, 360), elevation, rng.uniform(-180, 180))
         u = rng.uniform(0.25, 0.75) * width
         v = rng.uniform(0.25, 0.75) * height
         z = T[2, 3]

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import InputError
-from .geometry import pose_inverse
 from .gaussians import GaussianObject
+from .geometry import pose_inverse
 from .refine import AlignConfig, RefineConfig, RefineResult, align_pose, refine_pose
 from .views import crop_image
 

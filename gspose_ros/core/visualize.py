@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import torch
 
-from .geometry import crop_window_from_pose, project
 from .gaussians import GaussianObject
+from .geometry import crop_window_from_pose, project
 from .render import render
 
 

@@ -27,7 +27,6 @@ from ..core.gaussians import GaussianObject, rgb_to_sh0
 from ..core.refine import RefineConfig, perturb_pose, refine_pose
 from ..core.render import look_at_pose, render
 from ..core.track import Tracker, smooth_trajectory
-from ..core.views import validate_views
 
 
 def surface_scene(n: int, seed: int = 0, device="cpu") -> GaussianObject:
@@ -83,8 +82,7 @@ def bench_pipeline(quick):
     with tempfile.TemporaryDirectory() as root:
         synth.generate_dataset(root, obj_ids=(3,), n_refs=64, n_tests=5 if quick else 10)
         frames = bop.load_split_frames(root, "train", 3)
-        loaded = [f.load() for f in frames]
-        views = validate_views([i for i, _ in loaded], [m for _, m in loaded], [f.T for f in frames], [f.K for f in frames])
+        views = bop.load_views(frames)
         cfg = BuildConfig(iterations=300 if quick else BuildConfig.iterations)
         t = time.perf_counter()
         obj = build_gaussian_object(views, cfg).gaussians

@@ -16,7 +16,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 
 import cv2
 import numpy as np
@@ -25,7 +24,6 @@ from ..core import bop, metrics, synth
 from ..core.build import BuildConfig, build_gaussian_object, heldout_psnr
 from ..core.refine import perturb_pose, refine_pose
 from ..core.track import Tracker, smooth_trajectory
-from ..core.views import validate_views
 from ..core.visualize import draw_overlay
 
 
@@ -45,8 +43,7 @@ def main(argv=None) -> int:
         points = bop.load_model_points(root, 3)
         diameter = info["diameter"] / 1000
         frames = bop.load_split_frames(root, "train", 3)
-        loaded = [f.load() for f in frames]
-        views = validate_views([i for i, _ in loaded], [m for _, m in loaded], [f.T for f in frames], [f.K for f in frames])
+        views = bop.load_views(frames)
         train = [v for i, v in enumerate(views) if i % 9 != 4]  # 64 views
         held = [v for i, v in enumerate(views) if i % 9 == 4]  # 8 held out for PSNR
 

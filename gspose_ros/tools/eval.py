@@ -21,16 +21,8 @@ from ..core.build import BuildConfig, build_gaussian_object, heldout_psnr
 from ..core.errors import InputError
 from ..core.gaussians import load_gaussians, save_gaussians
 from ..core.refine import RefineConfig, perturb_pose, refine_pose
-from ..core.views import validate_views
 
 INITS = ("gt-perturbed",)
-
-
-def load_views(frames):
-    loaded = [f.load() for f in frames]
-    if any(m is None for _, m in loaded):
-        raise InputError("reference views need masks (mask_visib) until co-segmentation lands")
-    return validate_views([i for i, _ in loaded], [m for _, m in loaded], [f.T for f in frames], [f.K for f in frames])
 
 
 def select_references(frames, num_refs: int):
@@ -52,7 +44,7 @@ def get_object(args, obj_id, log):
         obj = load_gaussians(cache)
         build_s = obj.meta.get("build_seconds", float("nan"))
     else:
-        views = load_views(refs)
+        views = bop.load_views(refs)
         cfg = BuildConfig(iterations=args.build_iters)
         last = [0.0]
 
@@ -66,7 +58,7 @@ def get_object(args, obj_id, log):
         if cache:
             os.makedirs(args.model_dir, exist_ok=True)
             save_gaussians(obj, cache)
-    psnrs = heldout_psnr(obj, load_views(held)) if held else []
+    psnrs = heldout_psnr(obj, bop.load_views(held)) if held else []
     return obj, build_s, psnrs
 
 
@@ -105,12 +97,14 @@ def evaluate_object(args, obj_id, info, log):
 
 
 def print_table(summaries, out=sys.stdout):
-    head = f"{'obj':>4} {'frames':>6} {'refs':>4} {'ADD(-S)@0.1d':>12} {'init':>6} {'Proj2D@5px':>10} {'5cm5deg':>7} {'refine s':>8} {'build s':>7} {'PSNR dB':>7}"
+    head = (f"{'obj':>4} {'frames':>6} {'refs':>4} {'ADD(-S)@0.1d':>12} {'init':>6} {'Proj2D@5px':>10} {'5cm5deg':>7} "
+            f"{'refine s':>8} {'build s':>7} {'PSNR dB':>7}")
     print(head, file=out)
     for s in summaries:
         psnr = f"{s['heldout_psnr_db']:.1f}" if s["heldout_psnr_db"] is not None else "-"
         print(f"{s['obj_id']:>4} {s['frames']:>6} {s['num_refs']:>4} {100 * s['add_0.1d']:>11.1f}% {100 * s['init_add_0.1d']:>5.0f}% "
-              f"{100 * s['proj2d_5px']:>9.1f}% {100 * s['5cm5deg']:>6.1f}% {s['refine_seconds_mean']:>8.2f} {s['build_seconds']:>7.1f} {psnr:>7}", file=out)
+              f"{100 * s['proj2d_5px']:>9.1f}% {100 * s['5cm5deg']:>6.1f}% {s['refine_seconds_mean']:>8.2f} "
+              f"{s['build_seconds']:>7.1f} {psnr:>7}", file=out)
     n = sum(s["frames"] for s in summaries)
     avg = sum(s["add_0.1d"] * s["frames"] for s in summaries) / max(n, 1)
     print(f"all  {n:>6}      {100 * avg:>11.1f}%", file=out)
