@@ -13,7 +13,7 @@ def dataset(tmp_path_factory):
     from gspose_ros.core import synth
 
     root = str(tmp_path_factory.mktemp("bop"))
-    return synth.generate_dataset(root, obj_ids=(2,), n_refs=32, n_tests=4, seed=3)
+    return synth.generate_dataset(root, obj_ids=(2, 3), n_refs=32, n_tests=4, seed=3)
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +32,16 @@ def built(ref_views):
     progress = []
     result = build_gaussian_object(train, BuildConfig(iterations=600), progress=progress.append)
     return result, held, progress
+
+
+@pytest.fixture(scope="session")
+def built_duck(dataset):
+    """The real mesh (Collada duck), for the tracking tests."""
+    from gspose_ros.core import bop
+    from gspose_ros.core.build import BuildConfig, build_gaussian_object
+
+    views = bop.load_views(bop.load_split_frames(dataset, "train", 3))
+    return build_gaussian_object(views, BuildConfig(iterations=800)).gaussians
 
 
 @pytest.fixture

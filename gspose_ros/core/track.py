@@ -11,15 +11,19 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
+import torch
 
 from .errors import InputError
 from .gaussians import GaussianObject
-from .geometry import pose_inverse
+from .geometry import crop_window_from_pose, pose_inverse
 from .refine import AlignConfig, RefineConfig, RefineResult, align_pose, refine_pose
+from .render import render
 from .views import crop_image
 
 BINS = 16
+BAND_FRACTION = 0.08  # colour-mask search band around the last silhouette, fraction of the crop side
 
 
 def tracking_config() -> RefineConfig:
@@ -45,36 +49,51 @@ class Tracker:
     align_config: AlignConfig = field(default_factory=AlignConfig)
     method: str = "auto"
     T: np.ndarray | None = None
-    _hists: tuple | None = None
+    _hists: tuple | None = None  # (foreground, background) colour histograms
+    _silhouette: tuple | None = None  # (alpha, crop window) of the last accepted pose
     _velocity: np.ndarray | None = None  # last frame-to-frame motion, camera frame
 
     def reset(self, T_camera_object: np.ndarray) -> None:
         self.T = np.asarray(T_camera_object, dtype=np.float64)
         self._hists = None
+        self._silhouette = None
         self._velocity = None
 
     def predicted(self) -> np.ndarray:
         """Constant-velocity prediction: the refinement then only corrects the change in motion."""
         return self._velocity @ self.T if self._velocity is not None else self.T
 
-    def _colour_mask(self, image, K) -> np.ndarray | None:
-        """Soft object mask of the full image from last frame's colour models (None if no model)."""
-        if self._hists is None:
-            return None
+    def _colour_mask(self, image) -> np.ndarray:
+        """Object mask of the full image from the colour models, limited to a band around the last
+        silhouette: colours the object shares with far-away clutter must not pull the pose."""
         fg, bg = self._hists
+        alpha, window = self._silhouette
+        inv = cv2.invertAffineTransform(window.affine())
+        h, w = image.shape[:2]
+        last = cv2.warpAffine((alpha > 0.5).astype(np.uint8), inv, (w, h), flags=cv2.INTER_NEAREST)
+        band = max(3, int(BAND_FRACTION * window.side))
+        region = cv2.dilate(last, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * band + 1, 2 * band + 1))) > 0
         q = (image // (256 // BINS)).astype(np.int64)
         idx = (q[..., 0] * BINS + q[..., 1]) * BINS + q[..., 2]
-        return fg[idx] / (fg[idx] + bg[idx] + 1e-6) > 0.5
+        return region & (fg[idx] > bg[idx])
 
-    def _update_colour_model(self, image, result: RefineResult) -> None:
-        """Colour histograms inside / outside the final render's silhouette in the refinement crop."""
-        alpha = result.alpha
-        crop = crop_image(image, result.window)
+    def _update_colour_model(self, image, alpha: np.ndarray, window) -> None:
+        """Colour histograms inside / outside the render's silhouette in the refinement crop."""
+        crop = crop_image(image, window)
         q = (crop // (256 // BINS)).astype(np.int64)
         idx = ((q[..., 0] * BINS + q[..., 1]) * BINS + q[..., 2]).reshape(-1)
         fg = np.bincount(idx, weights=(alpha > 0.5).reshape(-1), minlength=BINS**3)
         bg = np.bincount(idx, weights=(alpha < 0.05).reshape(-1), minlength=BINS**3)
         self._hists = (fg / max(fg.sum(), 1.0), bg / max(bg.sum(), 1.0))
+        self._silhouette = (alpha, window)
+
+    def _bootstrap_colour_model(self, image, K) -> None:
+        """First frame without a mask: learn the colours from the render at the start pose."""
+        window = crop_window_from_pose(self.T, K, self.obj.diameter / 2, 128, self.align_config.pad)
+        with torch.no_grad():
+            alpha = render(self.obj, torch.from_numpy(self.T).float(), torch.from_numpy(window.crop_intrinsics(K)).float(),
+                           128, 128).alpha.numpy()
+        self._update_colour_model(image, alpha, window)
 
     def _refine(self, image, mask, K) -> RefineResult:
         method = self.method
@@ -91,13 +110,15 @@ class Tracker:
             raise InputError("tracker has no pose: call reset(T) with an initial pose first")
         start = time.perf_counter()
         if mask is None:
-            mask = self._colour_mask(image, K)
+            if self._hists is None:
+                self._bootstrap_colour_model(image, K)
+            mask = self._colour_mask(image)
         result = self._refine(image, mask, K)
         kept = bool(result.ok and np.all(np.isfinite(result.T)))
         if kept:
             self._velocity = result.T @ pose_inverse(self.T)
             self.T = result.T
-            self._update_colour_model(image, result)
+            self._update_colour_model(image, result.alpha, result.window)
         else:
             self._velocity = None
         return TrackResult(result.T, kept, result, time.perf_counter() - start)

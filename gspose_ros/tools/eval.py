@@ -96,7 +96,8 @@ def evaluate_object(args, obj_id, info, log):
     return summary, rows
 
 
-def print_table(summaries, out=sys.stdout):
+def print_table(summaries, out=None):
+    out = out or sys.stdout
     head = (f"{'obj':>4} {'frames':>6} {'refs':>4} {'ADD(-S)@0.1d':>12} {'init':>6} {'Proj2D@5px':>10} {'5cm5deg':>7} "
             f"{'refine s':>8} {'build s':>7} {'PSNR dB':>7}")
     print(head, file=out)
