@@ -2,15 +2,16 @@
 # Sets up everything gspose_ros needs from a fresh Debian + Python 3.11 machine:
 # system libraries (OSMesa for the independent mesh renderer, assimp test models
 # for a real textured mesh) and a virtual environment in .venv with the package.
-# Idempotent: a second run only checks.
+# Idempotent: a second run only checks (it reinstalls when the requirements change).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${GSPOSE_VENV:-.venv}
 PY=${PYTHON:-python3}
 
 need_apt=()
-[ -e /usr/lib/x86_64-linux-gnu/libOSMesa.so.8 ] || ls /usr/lib/*/libOSMesa.so* >/dev/null 2>&1 || need_apt+=(libosmesa6)
+ls /usr/lib/*/libOSMesa.so* >/dev/null 2>&1 || need_apt+=(libosmesa6)
 [ -f /usr/share/assimp/models/Collada/duck.dae ] || need_apt+=(assimp-testmodels)
+"$PY" -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
@@ -18,8 +19,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-PIP="$VENV/bin/python -m pip"
-if ! "$VENV/bin/python" -c "import gspose_ros, torch, numba, pyrender, gsplat" >/dev/null 2>&1; then
+stamp="$VENV/.gspose-requirements"
+want=$(cat requirements.txt setup.cfg | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  PIP="$VENV/bin/python -m pip"
   $PIP install -q --upgrade pip
   # torch first and pinned: 2.13.0 is the CPU build on disk here (a CUDA build on a robot);
   # installing it first stops any later requirement from pulling a multi-GB CUDA torch.
@@ -28,5 +31,6 @@ if ! "$VENV/bin/python" -c "import gspose_ros, torch, numba, pyrender, gsplat" >
   # pyrender pins PyOpenGL 3.1.0, whose OSMesa path is broken; 3.1.7 works.
   $PIP install -q --no-deps "pyopengl==3.1.7"
   $PIP install -q --no-deps -e .
+  echo "$want" > "$stamp"
 fi
 echo "environment ready: $VENV"

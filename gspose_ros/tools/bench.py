@@ -119,7 +119,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="results/bench.json")
     a = p.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    out = {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
+    import numba
+
+    out = {"device": device, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+           "numba_threads": numba.get_num_threads(),
            "cpu": platform.processor() or platform.machine(), "quick": a.quick}
     out["renderer"] = bench_renderer(device, a.quick)
     if device == "cpu":
