@@ -12,9 +12,11 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import trimesh
 
 from .errors import InputError
 from .geometry import pose_from_bop
+from .views import validate_views
 
 
 @dataclass
@@ -56,8 +58,6 @@ def load_models_info(root: str) -> dict[int, dict]:
 
 def load_model_points(root: str, obj_id: int, max_points: int = 5000, seed: int = 0) -> np.ndarray:
     """Model vertices in metres (BOP models are in millimetres), subsampled for ADD."""
-    import trimesh
-
     path = os.path.join(root, "models", f"obj_{obj_id:06d}.ply")
     if not os.path.isfile(path):
         raise InputError(f"BOP model missing: {path}")
@@ -105,8 +105,6 @@ def load_split_frames(root: str, split: str, obj_id: int) -> list[BopFrame]:
 
 def load_views(frames: list[BopFrame]):
     """Frames with masks as validated PosedViews (the registration input)."""
-    from .views import validate_views
-
     loaded = [f.load() for f in frames]
     if any(m is None for _, m in loaded):
         raise InputError("reference views need masks (mask_visib)")

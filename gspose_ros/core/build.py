@@ -17,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from scipy.spatial import ConvexHull
 
 from .errors import InputError
 from .gaussians import MAX_SH_DEGREE, GaussianObject, rgb_to_sh0
@@ -139,8 +140,6 @@ def _sample_colours(points: np.ndarray, crops: list[ViewCrop]) -> np.ndarray:
 
 
 def _diameter(points: np.ndarray) -> float:
-    from scipy.spatial import ConvexHull
-
     hull = points[ConvexHull(points).vertices] if len(points) > 4 else points
     return float(np.linalg.norm(hull[:, None] - hull[None], axis=-1).max())
 

@@ -84,8 +84,7 @@ def _pack(lists, means2d, conics, colors, opacities, depths):
 def _constants(dtype):
     """Constants typed like the data: numba types bare Python floats as float64, which would
     silently promote float32 kernels to float64 arithmetic."""
-    c = np.array([0.0, 0.5, 1.0, ALPHA_MIN, ALPHA_MAX, T_MIN], dtype=dtype)
-    return c
+    return np.array([0.0, 0.5, 1.0, ALPHA_MIN, ALPHA_MAX, T_MIN], dtype=dtype)
 
 
 @njit(parallel=True, cache=True)

@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy.spatial.transform import Rotation
 
 from .errors import InputError
 from .gaussians import GaussianObject
 from .geometry import CropWindow, check_intrinsics, check_pose, crop_window_from_pose, orthonormalize
 from .losses import ms_ssim_loss, ssim_loss
-from .render import render
+from .raster_cpu import render_with_jacobian
+from .render import EPS2D, NEAR_PLANE, render, shifted_intrinsics
 from .views import crop_image
 
 
@@ -193,8 +195,6 @@ def _iou(alpha, target_mask) -> float:
 def perturb_pose(T, rng: np.random.Generator, max_rot_deg=20.0, max_depth_frac=0.10, max_lateral_frac=0.05):
     """GT perturbation for --init gt-perturbed: a rotation of up to max_rot_deg about a random
     axis, depth scaled by up to +-max_depth_frac, lateral shift up to +-max_lateral_frac of depth."""
-    from scipy.spatial.transform import Rotation
-
     T = np.asarray(T, dtype=np.float64).copy()
     axis = rng.normal(size=3)
     axis /= np.linalg.norm(axis)
@@ -209,8 +209,6 @@ def perturb_pose(T, rng: np.random.Generator, max_rot_deg=20.0, max_depth_frac=0
 
 def _delta_pose_np(T: np.ndarray, xi: np.ndarray) -> np.ndarray:
     """numpy twin of apply_delta."""
-    from scipy.spatial.transform import Rotation
-
     out = T.copy()
     out[:3, :3] = Rotation.from_rotvec(xi[:3]).as_matrix() @ T[:3, :3]
     out[:3, 3] = T[:3, 3] + T[2, 3] * xi[3:]
@@ -220,9 +218,6 @@ def _delta_pose_np(T: np.ndarray, xi: np.ndarray) -> np.ndarray:
 def _linearise(arrays, T: np.ndarray, Ks: np.ndarray, size: int,
                target_rgb: np.ndarray, target_mask: np.ndarray | None, mask_weight: float):
     """Render at T with pose Jacobians; return (loss, H, grad, alpha) of the least-squares problem."""
-    from .raster_cpu import render_with_jacobian
-    from .render import EPS2D, NEAR_PLANE
-
     means, cov_obj, colors, opacities = arrays
     rgb, alpha, drgb, dalpha = render_with_jacobian(means, cov_obj, colors, opacities, T[:3, :3].copy(), T[:3, 3].copy(),
                                                     Ks, size, size, EPS2D, NEAR_PLANE)
@@ -244,8 +239,6 @@ def _linearise(arrays, T: np.ndarray, Ks: np.ndarray, size: int,
 def align_pose(obj: GaussianObject, image: np.ndarray, mask: np.ndarray | None, T_init, K,
                config: AlignConfig | None = None, window: CropWindow | None = None) -> RefineResult:
     """Levenberg-Marquardt pose alignment on the CPU renderer, coarse to fine (tracking's fast path)."""
-    from .render import shifted_intrinsics
-
     cfg = config or AlignConfig()
     start = time.perf_counter()
     image, mask, T_init, K, window = _prepare_query(obj, image, mask, T_init, K, cfg.crop_size, cfg.pad, window)

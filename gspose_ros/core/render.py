@@ -22,7 +22,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from scipy.spatial.transform import Rotation
 
 from .errors import InputError
 from .gaussians import ActivatedGaussians, GaussianObject, eval_sh_colors
@@ -196,9 +198,6 @@ def look_at_pose(distance: float, azimuth_deg: float, elevation_deg: float, roll
 
     Handy for tests, templates and demos. Object z is 'up'; the camera's y axis points down.
     """
-    import numpy as np
-    from scipy.spatial.transform import Rotation
-
     az, el = math.radians(azimuth_deg), math.radians(elevation_deg)
     eye = distance * np.array([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)])
     fwd = -eye / np.linalg.norm(eye)

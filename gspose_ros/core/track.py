@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 import torch
+from scipy.spatial.transform import Rotation
 
 from .errors import InputError
 from .gaussians import GaussianObject
@@ -126,8 +127,6 @@ class Tracker:
 
 def smooth_trajectory(T_start: np.ndarray, n: int, rng: np.random.Generator, deg_per_frame=1.5, mm_per_frame=3.0):
     """A smooth synthetic object motion (camera-frame rotation + translation), for tests and benchmarks."""
-    from scipy.spatial.transform import Rotation
-
     axis = rng.normal(size=3)
     axis /= np.linalg.norm(axis)
     direction = rng.normal(size=3) * [1, 1, 0.3]

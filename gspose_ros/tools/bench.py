@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 
+import numba
 import numpy as np
 import torch
 
@@ -119,8 +120,6 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="results/bench.json")
     a = p.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    import numba
-
     out = {"device": device, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
            "numba_threads": numba.get_num_threads(),
            "cpu": platform.processor() or platform.machine(), "quick": a.quick}
