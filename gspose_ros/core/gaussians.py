@@ -12,7 +12,6 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -186,9 +185,3 @@ def quat_to_rotmat(quats_wxyz: torch.Tensor) -> torch.Tensor:
         ],
         dim=-1,
     ).reshape(quats_wxyz.shape[:-1] + (3, 3))
-
-
-def numpy_box(obj: GaussianObject) -> np.ndarray:
-    """Axis-aligned [min, max] box of the Gaussian centres (2x3, metres)."""
-    m = obj.means.detach().cpu().numpy()
-    return np.stack([m.min(0), m.max(0)])
