@@ -55,11 +55,18 @@ class ActivatedGaussians:
         """Detached copy with covariances and colours fixed at viewpoint T (a refinement moves
         the view by a few degrees, where SH colour change is negligible)."""
         with torch.no_grad():
-            R, t = T_camera_object[:3, :3], T_camera_object[:3, 3]
-            dirs = torch.nn.functional.normalize(self.means - (-R.T @ t), dim=-1)
             return ActivatedGaussians(self.means.detach(), self.quats.detach(), self.scales.detach(),
-                                      self.opacities.detach(), self.sh.detach(),
-                                      covariances=self.object_covariances(), colors=eval_sh_colors(self.sh, dirs))
+                                      self.opacities.detach(), self.sh.detach(), covariances=self.object_covariances(),
+                                      colors=self.view_colors(T_camera_object))
+
+    def view_colors(self, T_camera_object: torch.Tensor) -> torch.Tensor:
+        """RGB per Gaussian as seen from pose T (the fixed colours if set)."""
+        if self.colors is not None:
+            return self.colors
+        R, t = T_camera_object[:3, :3], T_camera_object[:3, 3]
+        # view direction in the object frame: from the camera centre to each Gaussian
+        dirs = torch.nn.functional.normalize(self.means - (-R.T @ t), dim=-1)
+        return eval_sh_colors(self.sh, dirs)
 
 
 @dataclass

@@ -260,23 +260,12 @@ def rasterize_cpu(means2d, conics, colors, opacities, depths, radii, width, heig
 
 @njit(cache=True)
 def _mm(A, B, out):
-    """out = A @ B for small dense matrices, without allocating."""
+    """out = A @ B for small dense matrices, without allocating (pass B.T for A @ B^T)."""
     for i in range(A.shape[0]):
         for j in range(B.shape[1]):
             acc = 0.0
             for k in range(A.shape[1]):
                 acc += A[i, k] * B[k, j]
-            out[i, j] = acc
-
-
-@njit(cache=True)
-def _mmT(A, B, out):
-    """out = A @ B.T."""
-    for i in range(A.shape[0]):
-        for j in range(B.shape[0]):
-            acc = 0.0
-            for k in range(A.shape[1]):
-                acc += A[i, k] * B[j, k]
             out[i, j] = acc
 
 
@@ -344,9 +333,9 @@ def project_with_jacobians(means, cov_obj, opacities, R, t, fx, fy, cx, cy, widt
             J[0, 0], J[0, 2] = fx / z, -fx * xc / (z * z)
             J[1, 1], J[1, 2] = fy / z, -fy * yc / (z * z)
             _mm(R, cov_obj[i], tmp)
-            _mmT(tmp, R, V)
+            _mm(tmp, R.T, V)
             _mm(J, V, JV)
-            _mmT(JV, J, M)
+            _mm(JV, J.T, M)
             m00, m11 = M[0, 0] + eps2d, M[1, 1] + eps2d
             m01 = 0.5 * (M[0, 1] + M[1, 0])
             det = m00 * m11 - m01 * m01
@@ -371,15 +360,15 @@ def project_with_jacobians(means, cov_obj, opacities, R, t, fx, fy, cx, cy, widt
                 dJ[1, 1] = -fy * dz / (z * z)
                 dJ[1, 2] = -fy * (dyc / (z * z) - 2.0 * yc * dz / (z * z * z))
                 _mm(dJ, V, dJV)
-                _mmT(dJV, J, A)  # dJ V J^T
-                _mmT(JV, dJ, B)  # J V dJ^T
+                _mm(dJV, J.T, A)  # dJ V J^T
+                _mm(JV, dJ.T, B)  # J V dJ^T
                 d00 = A[0, 0] + B[0, 0]
                 d11 = A[1, 1] + B[1, 1]
                 d01 = 0.5 * (A[0, 1] + B[0, 1] + A[1, 0] + B[1, 0])
                 if k < 3:  # J dV J^T = X + X^T with X = J E_k V J^T
                     _mm(J, E[k], JE)
                     _mm(JE, V, dJV)
-                    _mmT(dJV, J, X)
+                    _mm(dJV, J.T, X)
                     d00 += 2.0 * X[0, 0]
                     d11 += 2.0 * X[1, 1]
                     d01 += X[0, 1] + X[1, 0]

@@ -27,7 +27,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from .errors import InputError
-from .gaussians import ActivatedGaussians, GaussianObject, eval_sh_colors
+from .gaussians import ActivatedGaussians, GaussianObject
 from .raster_cpu import ALPHA_MAX, ALPHA_MIN, T_MIN, TILE, rasterize_cpu
 
 EPS2D = 0.3
@@ -89,13 +89,7 @@ def project_gaussians(g: ActivatedGaussians, T: torch.Tensor, K: torch.Tensor, w
             & (means2d[:, 1] + radii > 0) & (means2d[:, 1] - radii < height)
         )
         radii = torch.where(valid & inside, radii, torch.zeros_like(radii)).to(torch.int64)
-    if g.colors is not None:
-        colors = g.colors
-    else:
-        # view direction in the object frame: from the camera centre to each Gaussian
-        dirs = torch.nn.functional.normalize(g.means - (-R.T @ t), dim=-1)
-        colors = eval_sh_colors(g.sh, dirs)
-    return Projected(means2d, conics, z, radii, colors, g.opacities)
+    return Projected(means2d, conics, z, radii, g.view_colors(T), g.opacities)
 
 
 def composite_dense(pr: Projected, width: int, height: int, pixel_chunk: int = TILE * TILE):
