@@ -90,10 +90,11 @@ class Tracker:
 
     def _bootstrap_colour_model(self, image, K) -> None:
         """First frame without a mask: learn the colours from the render at the start pose."""
-        window = crop_window_from_pose(self.T, K, self.obj.diameter / 2, 128, self.align_config.pad)
+        size = self.align_config.crop_size
+        window = crop_window_from_pose(self.T, K, self.obj.diameter / 2, size, self.align_config.pad)
         with torch.no_grad():
             alpha = render(self.obj, torch.from_numpy(self.T).float(), torch.from_numpy(window.crop_intrinsics(K)).float(),
-                           128, 128).alpha.numpy()
+                           size, size).alpha.numpy()
         self._update_colour_model(image, alpha, window)
 
     def _refine(self, image, mask, K) -> RefineResult:
