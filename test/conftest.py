@@ -13,7 +13,7 @@ def dataset(tmp_path_factory):
     from gspose_ros.core import synth
 
     root = str(tmp_path_factory.mktemp("bop"))
-    return synth.generate_dataset(root, obj_ids=(2, 3), n_refs=32, n_tests=4, seed=3)
+    return synth.generate_dataset(root, obj_ids=(2, 3), n_refs=32, n_tests=4, seed=3, n_multi=3)
 
 
 @pytest.fixture(scope="session")

@@ -99,18 +99,7 @@ def visual_hull(crops: list[ViewCrop], box: np.ndarray | None, resolution: int):
     box = np.asarray(box, dtype=np.float64)
     axes = [np.linspace(box[0, i], box[1, i], resolution) for i in range(3)]
     grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
-    outside_votes = np.zeros(len(grid), dtype=np.int32)
-    for c in crops:
-        p = grid @ c.T[:3, :3].T + c.T[:3, 3]
-        uv = p @ c.K.T
-        u = np.floor(uv[:, 0] / uv[:, 2]).astype(np.int64)
-        v = np.floor(uv[:, 1] / uv[:, 2]).astype(np.int64)
-        S = c.mask.shape[0]
-        # the crop holds the whole mask, so a point projecting outside the crop is outside the object
-        in_crop = (u >= 0) & (u < S) & (v >= 0) & (v < S) & (p[:, 2] > 0)
-        inside = np.zeros(len(grid), dtype=bool)
-        inside[in_crop] = c.mask[v[in_crop], u[in_crop]]
-        outside_votes += ~inside
+    outside_votes = outside_votes_of(grid, [c.mask for c in crops], [c.T for c in crops], [c.K for c in crops])
     # tolerate a few inconsistent masks (co-segmentation errors, slight pose noise)
     occupied = (outside_votes <= max(1, len(crops) // 20)).reshape((resolution,) * 3)
     if occupied.sum() < 8:
@@ -123,6 +112,24 @@ def visual_hull(crops: list[ViewCrop], box: np.ndarray | None, resolution: int):
     surface = occupied & ~interior
     voxel = float(np.max((box[1] - box[0]) / (resolution - 1)))
     return grid[surface.reshape(-1)], voxel, box
+
+
+def outside_votes_of(points: np.ndarray, masks, poses, Ks) -> np.ndarray:
+    """For each object-frame point, in how many views it projects off the mask (or off the image,
+    or behind the camera): 0 means inside every silhouette."""
+    votes = np.zeros(len(points), dtype=np.int32)
+    for mask, T, K in zip(masks, poses, Ks):
+        p = points @ T[:3, :3].T + T[:3, 3]
+        uv = p @ K.T
+        with np.errstate(divide="ignore", invalid="ignore"):
+            u = np.floor(uv[:, 0] / uv[:, 2])
+            v = np.floor(uv[:, 1] / uv[:, 2])
+        h, w = mask.shape
+        seen = (p[:, 2] > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+        inside = np.zeros(len(points), dtype=bool)
+        inside[seen] = mask[v[seen].astype(np.int64), u[seen].astype(np.int64)]
+        votes += ~inside
+    return votes
 
 
 def _sample_colours(points: np.ndarray, crops: list[ViewCrop]) -> np.ndarray:

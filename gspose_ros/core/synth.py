@@ -129,7 +129,7 @@ class MeshRenderer:
             intensity = rng.uniform(2.0, 4.0)
         scene.add(pr.DirectionalLight(intensity=intensity), pose=light_pose)
         color, depth = self.renderer.render(scene, flags=pr.RenderFlags.RGBA)
-        return color[..., :3], depth > 0
+        return color[..., :3], depth
 
     def close(self):
         self.renderer.delete()
@@ -179,7 +179,8 @@ def write_split(root, split, obj_id, mesh, poses, rng, K=DEFAULT_K, background=T
     cams, gts = {}, {}
     try:
         for im_id, T in enumerate(poses):
-            color, mask = renderer.render(T, K, rng, fixed_light)
+            color, depth = renderer.render(T, K, rng, fixed_light)
+            mask = depth > 0
             bg = random_background(rng) if background else np.zeros_like(color)
             img = np.where(mask[..., None], color, bg)
             cv2.imwrite(os.path.join(sdir, "rgb", f"{im_id:06d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
@@ -211,9 +212,52 @@ def write_model(root, obj_id, mesh: trimesh.Trimesh, models_info: dict):
     }
 
 
+def write_multi_split(root, split, obj_ids, n_images, rng, distance=0.5, K=DEFAULT_K, scene_id=0):
+    """One scene of images holding every object of obj_ids, side by side (some may overlap),
+    composited by depth; mask_visib is each object's visible part."""
+    sdir = os.path.join(root, split, f"{scene_id:06d}")
+    os.makedirs(os.path.join(sdir, "rgb"), exist_ok=True)
+    os.makedirs(os.path.join(sdir, "mask_visib"), exist_ok=True)
+    renderers = [MeshRenderer(OBJECTS[i][1]()) for i in obj_ids]
+    cams, gts = {}, {}
+    try:
+        for im_id in range(n_images):
+            image = random_background(rng)
+            zbuf = np.full(image.shape[:2], np.inf)
+            layers = []
+            slots = rng.permutation(len(obj_ids))
+            for slot, (obj_id, renderer) in zip(slots, zip(obj_ids, renderers)):
+                T = query_poses(1, distance, rng)[0]
+                u = (slot + 0.5) / len(obj_ids) * WIDTH + rng.uniform(-0.08, 0.08) * WIDTH  # one column per object
+                T[0, 3] = (u - K[0, 2]) * T[2, 3] / K[0, 0]
+                color, depth = renderer.render(T, K, rng)
+                layers.append((obj_id, T, color, np.where(depth > 0, depth, np.inf)))
+            for _, _, color, depth in layers:
+                front = depth < zbuf
+                image[front] = color[front]
+                zbuf = np.minimum(zbuf, depth)
+            cv2.imwrite(os.path.join(sdir, "rgb", f"{im_id:06d}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+            gts[str(im_id)] = []
+            for inst, (obj_id, T, _, depth) in enumerate(layers):
+                visible = np.isfinite(depth) & (depth <= zbuf)
+                cv2.imwrite(os.path.join(sdir, "mask_visib", f"{im_id:06d}_{inst:06d}.png"), visible.astype(np.uint8) * 255)
+                R, t = pose_to_bop(T)
+                gts[str(im_id)].append({"cam_R_m2c": R, "cam_t_m2c": t, "obj_id": int(obj_id)})
+            cams[str(im_id)] = {"cam_K": K.reshape(-1).tolist(), "depth_scale": 1.0}
+    finally:
+        for r in renderers:
+            r.close()
+    with open(os.path.join(sdir, "scene_camera.json"), "w") as f:
+        json.dump(cams, f)
+    with open(os.path.join(sdir, "scene_gt.json"), "w") as f:
+        json.dump(gts, f)
+
+
 def generate_dataset(root: str, obj_ids=(1, 2, 3), n_refs: int = 64, n_tests: int = 30, seed: int = 0,
-                     ref_split: str = "train", test_split: str = "test", distance: float = 0.5) -> str:
-    """Write a small BOP dataset of the built-in objects; returns root."""
+                     ref_split: str = "train", test_split: str = "test", distance: float = 0.5,
+                     n_multi: int = 0, multi_split: str = "test_multi") -> str:
+    """Write a small BOP dataset of the built-in objects; returns root. n_multi > 0 adds a split
+    of images that each show all of obj_ids together."""
     models_info = {}
     for obj_id in obj_ids:
         if obj_id not in OBJECTS:
@@ -225,6 +269,8 @@ def generate_dataset(root: str, obj_ids=(1, 2, 3), n_refs: int = 64, n_tests: in
         write_split(root, test_split, obj_id, mesh, query_poses(n_tests, distance, rng), rng)
     with open(os.path.join(root, "models", "models_info.json"), "w") as f:
         json.dump(models_info, f, indent=1)
+    if n_multi > 0:
+        write_multi_split(root, multi_split, obj_ids, n_multi, np.random.default_rng(seed * 1000 + 999), distance)
     return root
 
 
@@ -237,7 +283,8 @@ def render_sequence(mesh: trimesh.Trimesh, poses, K=DEFAULT_K, seed: int = 0):
     try:
         light_rng = np.random.default_rng(seed + 1)
         for T in poses:
-            color, mask = renderer.render(T, K, np.random.default_rng(light_rng.integers(1 << 31)), fixed_light=True)
+            color, depth = renderer.render(T, K, np.random.default_rng(light_rng.integers(1 << 31)), fixed_light=True)
+            mask = depth > 0
             frames.append((np.where(mask[..., None], color, bg), mask))
     finally:
         renderer.close()

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
+from .colour import N_RGB, histogram, rgb_bins
 from .errors import InputError
 from .gaussians import GaussianObject
 from .geometry import crop_window_from_pose, pose_inverse
@@ -23,7 +24,6 @@ from .refine import AlignConfig, RefineConfig, RefineResult, align_pose, refine_
 from .render import render
 from .views import crop_image
 
-BINS = 16
 BAND_FRACTION = 0.08  # colour-mask search band around the last silhouette, fraction of the crop side
 
 
@@ -74,18 +74,13 @@ class Tracker:
         last = cv2.warpAffine((alpha > 0.5).astype(np.uint8), inv, (w, h), flags=cv2.INTER_NEAREST)
         band = max(3, int(BAND_FRACTION * window.side))
         region = cv2.dilate(last, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * band + 1, 2 * band + 1))) > 0
-        q = (image // (256 // BINS)).astype(np.int64)
-        idx = (q[..., 0] * BINS + q[..., 1]) * BINS + q[..., 2]
+        idx = rgb_bins(image)
         return region & (fg[idx] > bg[idx])
 
     def _update_colour_model(self, image, alpha: np.ndarray, window) -> None:
         """Colour histograms inside / outside the render's silhouette in the refinement crop."""
-        crop = crop_image(image, window)
-        q = (crop // (256 // BINS)).astype(np.int64)
-        idx = ((q[..., 0] * BINS + q[..., 1]) * BINS + q[..., 2]).reshape(-1)
-        fg = np.bincount(idx, weights=(alpha > 0.5).reshape(-1), minlength=BINS**3)
-        bg = np.bincount(idx, weights=(alpha < 0.05).reshape(-1), minlength=BINS**3)
-        self._hists = (fg / max(fg.sum(), 1.0), bg / max(bg.sum(), 1.0))
+        idx = rgb_bins(crop_image(image, window))
+        self._hists = (histogram(idx, alpha > 0.5, N_RGB), histogram(idx, alpha < 0.05, N_RGB))
         self._silhouette = (alpha, window)
 
     def _bootstrap_colour_model(self, image, K) -> None:

@@ -22,18 +22,17 @@ class PosedView:
     K: np.ndarray  # (3, 3)
 
 
-def validate_views(images, masks, poses, Ks) -> list[PosedView]:
-    """Check a registration set and return it as PosedViews; InputError names the first fault.
+def check_view_arrays(images, poses, Ks) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Check posed images (no masks yet); returns (images, poses, Ks) as per-view lists.
 
-    Ks may be one 3x3 matrix for all views or one per view.
-    """
-    images, masks, poses = list(images), list(masks), list(poses)
+    Ks may be one 3x3 matrix for all views or one per view."""
+    images, poses = list(images), list(poses)
     if len(images) == 0:
         raise InputError("empty view set: at least one reference view is required")
     if len(images) > MAX_VIEWS:
         raise InputError(f"too many reference views: {len(images)} > {MAX_VIEWS}")
-    if len(masks) != len(images) or len(poses) != len(images):
-        raise InputError(f"mismatched counts: {len(images)} images, {len(masks)} masks, {len(poses)} poses")
+    if len(poses) != len(images):
+        raise InputError(f"mismatched counts: {len(images)} images, {len(poses)} poses")
     Ks_arr = np.asarray(Ks, dtype=np.float64)
     if Ks_arr.shape == (3, 3):
         Ks_list = [Ks_arr] * len(images)
@@ -41,26 +40,37 @@ def validate_views(images, masks, poses, Ks) -> list[PosedView]:
         Ks_list = list(Ks_arr)
     else:
         raise InputError(f"camera matrices: expected one 3x3 or {len(images)}x3x3, got shape {Ks_arr.shape}")
-    views = []
-    for i, (img, m, T, K) in enumerate(zip(images, masks, poses, Ks_list)):
+    out_images, out_poses, out_Ks = [], [], []
+    for i, (img, T, K) in enumerate(zip(images, poses, Ks_list)):
         img = np.asarray(img)
         if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
             raise InputError(f"view {i}: image must be HxWx3 uint8 RGB, got shape {img.shape} dtype {img.dtype}")
         if max(img.shape[:2]) > MAX_IMAGE_SIDE or min(img.shape[:2]) < 8:
             raise InputError(f"view {i}: image size {img.shape[1]}x{img.shape[0]} out of range")
+        T = check_pose(T, f"view {i} pose")
+        K = check_intrinsics(K, img.shape[1], img.shape[0])
+        if T[2, 3] <= 0:
+            raise InputError(f"view {i}: object is behind the camera (t_z={T[2, 3]:.3f} m)")
+        out_images.append(img)
+        out_poses.append(T)
+        out_Ks.append(K)
+    return out_images, out_poses, out_Ks
+
+
+def validate_views(images, masks, poses, Ks) -> list[PosedView]:
+    """Check a registration set and return it as PosedViews; InputError names the first fault."""
+    images, poses, Ks = check_view_arrays(images, poses, Ks)
+    masks = list(masks)
+    if len(masks) != len(images):
+        raise InputError(f"mismatched counts: {len(images)} images, {len(masks)} masks, {len(poses)} poses")
+    views = []
+    for i, (img, m, T, K) in enumerate(zip(images, masks, poses, Ks)):
         m = np.asarray(m)
         if m.shape != img.shape[:2]:
             raise InputError(f"view {i}: mask size {m.shape} does not match image size {img.shape[:2]}")
         m = m > (127 if m.dtype == np.uint8 else 0)
         if m.sum() < 16:
             raise InputError(f"view {i}: mask is empty (fewer than 16 object pixels)")
-        try:
-            T = check_pose(T, f"view {i} pose")
-            K = check_intrinsics(K, img.shape[1], img.shape[0])
-        except InputError:
-            raise
-        if T[2, 3] <= 0:
-            raise InputError(f"view {i}: object is behind the camera (t_z={T[2, 3]:.3f} m)")
         views.append(PosedView(img, m, T, K))
     return views
 

@@ -1,9 +1,14 @@
 """gspose-eval: pose accuracy on BOP-format data.
 
-Reference views come from --ref-split (with their masks and GT poses: the
-registration input), queries from --test-split. --init gt-perturbed refines
-from the GT pose perturbed by a seeded random rotation/translation; the query
-mask is the split's mask_visib (standing in for the detector).
+Reference views come from --ref-split (images and GT poses: the registration
+input; masks from the split's mask_visib with --ref-masks given, from
+co-segmentation with --ref-masks none), queries from --test-split.
+--init gt-perturbed refines from the GT pose perturbed by a seeded random
+rotation/translation, with the split's mask_visib standing in for the detector.
+--init pipeline runs the whole cascade (detect, retrieve, refine) with every
+evaluated object registered at once and no ground truth at inference; a pose
+reported for an object that is not in the image counts as a false positive,
+and --background-images adds object-free clutter images for the same count.
 """
 
 from __future__ import annotations
@@ -16,13 +21,17 @@ import time
 
 import numpy as np
 
-from ..core import bop, metrics
+from ..core import bop, metrics, synth
 from ..core.build import BuildConfig, build_gaussian_object, heldout_psnr
+from ..core.detect import colour_model
 from ..core.errors import InputError
+from ..core.estimator import COLOUR_KEY, Estimator, EstimatorConfig
 from ..core.gaussians import load_gaussians, save_gaussians
 from ..core.refine import RefineConfig, perturb_pose, refine_pose
+from ..core.segment import cosegment
+from ..core.views import validate_views
 
-INITS = ("gt-perturbed",)
+INITS = ("gt-perturbed", "pipeline")
 
 
 def select_references(frames, num_refs: int):
@@ -35,16 +44,28 @@ def select_references(frames, num_refs: int):
     return [frames[i] for i in idx], held
 
 
+def reference_views(args, refs, log, obj_id):
+    """The registration input: GT masks (--ref-masks given) or co-segmented ones (none)."""
+    if args.ref_masks == "given":
+        return bop.load_views(refs), None
+    images = [f.load()[0] for f in refs]
+    seg = cosegment(images, [f.T for f in refs], [f.K for f in refs])
+    log(f"  obj {obj_id}: co-segmentation confidence median {np.median(seg.confidences):.2f}, "
+        f"min {seg.confidences.min():.2f}")
+    return validate_views(images, seg.masks, [f.T for f in refs], [f.K for f in refs]), seg.confidences
+
+
 def get_object(args, obj_id, log):
     """Build (or load the cached) 3DGO of obj_id; returns (object, build seconds, held-out PSNR list)."""
-    cache = os.path.join(args.model_dir, f"obj_{obj_id:06d}_{args.num_refs}refs.safetensors") if args.model_dir else None
+    name = f"obj_{obj_id:06d}_{args.num_refs}refs_{args.ref_masks}masks.safetensors"
+    cache = os.path.join(args.model_dir, name) if args.model_dir else None
     frames = bop.load_split_frames(args.root, args.ref_split, obj_id)
     refs, held = select_references(frames, args.num_refs)
     if cache and os.path.isfile(cache) and not args.rebuild:
         obj = load_gaussians(cache)
         build_s = obj.meta.get("build_seconds", float("nan"))
     else:
-        views = bop.load_views(refs)
+        views, seg_confidences = reference_views(args, refs, log, obj_id)
         cfg = BuildConfig(iterations=args.build_iters)
         last = [0.0]
 
@@ -55,6 +76,9 @@ def get_object(args, obj_id, log):
 
         result = build_gaussian_object(views, cfg, progress=progress)
         obj, build_s = result.gaussians, result.seconds
+        obj.meta[COLOUR_KEY] = colour_model([v.image for v in views], [v.mask for v in views]).tolist()
+        if seg_confidences is not None:
+            obj.meta["mask_confidence_median"] = float(np.median(seg_confidences))
         if cache:
             os.makedirs(args.model_dir, exist_ok=True)
             save_gaussians(obj, cache)
@@ -96,14 +120,94 @@ def evaluate_object(args, obj_id, info, log):
     return summary, rows
 
 
+def _mask_iou(a, b) -> float:
+    union = (a | b).sum()
+    return float((a & b).sum() / union) if union else 0.0
+
+
+def evaluate_pipeline(args, ids, infos, log):
+    """Every evaluated object registered in one Estimator; each test image is searched for all of them."""
+    est = Estimator(EstimatorConfig(refine=RefineConfig(max_steps=args.refine_steps, min_steps=min(20, args.refine_steps))))
+    built = {}
+    for obj_id in ids:
+        obj, build_s, psnrs = get_object(args, obj_id, log)
+        est.add_object(str(obj_id), obj)
+        built[obj_id] = (obj, build_s, psnrs)
+    # group the annotated instances by image: an image is searched once for every registered object
+    images: dict[tuple, dict] = {}
+    for obj_id in ids:
+        for f in bop.load_split_frames(args.root, args.test_split, obj_id)[: args.max_frames]:
+            images.setdefault((f.scene_id, f.im_id), {})[obj_id] = f
+    rows = {obj_id: [] for obj_id in ids}
+    false_positives, searches, object_seconds = 0, 0, []
+    for key in sorted(images):
+        present = images[key]
+        first = next(iter(present.values()))
+        image, _ = first.load()
+        for report in est.estimate_reports(image, first.K):
+            obj_id = int(report.object_id)
+            searches += 1
+            object_seconds.append(report.timings["total"])
+            if obj_id not in present:
+                false_positives += report.pose is not None
+                continue
+            f = present[obj_id]
+            info = infos[obj_id]
+            points, diameter = bop.load_model_points(args.root, obj_id), info["diameter"] / 1000.0
+            symmetric = bop.is_symmetric(info)
+            _, gt_mask = f.load()
+            pose = report.pose
+            row = {"scene_id": f.scene_id, "im_id": f.im_id, "found": pose is not None, "timings": report.timings}
+            if pose is None:
+                row.update({"det_iou": 0.0, "detected": False, "add_0.1d": False, "proj2d_5px": False, "5cm5deg": False,
+                            "init": {"add_0.1d": False}, "score": 0.0})
+            else:
+                row.update({"det_iou": _mask_iou(pose.mask, gt_mask), "score": pose.score,
+                            "init": metrics.pose_errors(pose.T_initial, f.T, points, f.K, diameter, symmetric),
+                            **metrics.pose_errors(pose.T, f.T, points, f.K, diameter, symmetric)})
+                row["detected"] = row["det_iou"] >= 0.5
+            rows[obj_id].append(row)
+            add = f"ADD {row['add'] * 1000:.1f} mm" if pose is not None else "not found"
+            log(f"  obj {obj_id} scene {f.scene_id} im {f.im_id}: {add}, det IoU {row['det_iou']:.2f}, "
+                f"{report.timings['total']:.2f} s")
+    rng = np.random.default_rng(args.seed + 7)
+    bg_false = 0
+    for _ in range(args.background_images):
+        image = synth.random_background(rng, image.shape[1], image.shape[0])
+        found = est.estimate(image, first.K)
+        bg_false += len(found)
+    summaries = []
+    for obj_id in ids:
+        r = rows[obj_id]
+        obj, build_s, psnrs = built[obj_id]
+        summaries.append({
+            "obj_id": obj_id, "symmetric": bop.is_symmetric(infos[obj_id]), "frames": len(r), "num_refs": args.num_refs,
+            "detected": float(np.mean([x["detected"] for x in r])),
+            "add_0.1d": float(np.mean([x["add_0.1d"] for x in r])),
+            "init_add_0.1d": float(np.mean([x["init"]["add_0.1d"] for x in r])),
+            "proj2d_5px": float(np.mean([x["proj2d_5px"] for x in r])),
+            "5cm5deg": float(np.mean([x["5cm5deg"] for x in r])),
+            "refine_seconds_mean": float(np.mean([x["timings"]["total"] for x in r])),
+            "build_seconds": build_s, "heldout_psnr_db": float(np.mean(psnrs)) if psnrs else None,
+            "n_gaussians": len(obj), "mask_confidence_median": obj.meta.get("mask_confidence_median"),
+        })
+    extra = {"absent_object_searches": searches - sum(len(r) for r in rows.values()),
+             "absent_object_false_positives": false_positives,
+             "background_images": args.background_images, "background_false_positives": bg_false,
+             "estimate_seconds_per_object_mean": float(np.mean(object_seconds)) if object_seconds else None}
+    return summaries, rows, extra
+
+
 def print_table(summaries, out=None):
     out = out or sys.stdout
-    head = (f"{'obj':>4} {'frames':>6} {'refs':>4} {'ADD(-S)@0.1d':>12} {'init':>6} {'Proj2D@5px':>10} {'5cm5deg':>7} "
-            f"{'refine s':>8} {'build s':>7} {'PSNR dB':>7}")
+    head = (f"{'obj':>4} {'frames':>6} {'refs':>4} {'det':>5} {'ADD(-S)@0.1d':>12} {'init':>6} {'Proj2D@5px':>10} "
+            f"{'5cm5deg':>7} {'time s':>8} {'build s':>7} {'PSNR dB':>7}")
     print(head, file=out)
     for s in summaries:
         psnr = f"{s['heldout_psnr_db']:.1f}" if s["heldout_psnr_db"] is not None else "-"
-        print(f"{s['obj_id']:>4} {s['frames']:>6} {s['num_refs']:>4} {100 * s['add_0.1d']:>11.1f}% {100 * s['init_add_0.1d']:>5.0f}% "
+        det = f"{100 * s['detected']:.0f}%" if "detected" in s else "-"
+        print(f"{s['obj_id']:>4} {s['frames']:>6} {s['num_refs']:>4} {det:>5} {100 * s['add_0.1d']:>11.1f}% "
+              f"{100 * s['init_add_0.1d']:>5.0f}% "
               f"{100 * s['proj2d_5px']:>9.1f}% {100 * s['5cm5deg']:>6.1f}% {s['refine_seconds_mean']:>8.2f} "
               f"{s['build_seconds']:>7.1f} {psnr:>7}", file=out)
     n = sum(s["frames"] for s in summaries)
@@ -118,11 +222,19 @@ def parse_args(argv=None):
     p.add_argument("--ref-split", default="train")
     p.add_argument("--test-split", default="test")
     p.add_argument("--num-refs", type=int, default=64)
-    p.add_argument("--init", choices=INITS, default="gt-perturbed")
+    p.add_argument("--init", choices=INITS, default="gt-perturbed",
+                   help="gt-perturbed: refine from a perturbed GT pose with GT masks; pipeline: detect+retrieve+refine")
+    p.add_argument("--ref-masks", choices=("given", "none"), default=None,
+                   help="reference masks from mask_visib (given) or co-segmentation (none); default: none for "
+                        "--init pipeline, given otherwise")
+    p.add_argument("--background-images", type=int, default=10,
+                   help="pipeline: object-free clutter images searched for every object (false-positive count)")
     p.add_argument("--max-frames", type=int, default=20, help="queries per object")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--build-iters", type=int, default=BuildConfig.iterations)
-    p.add_argument("--refine-steps", type=int, default=RefineConfig.max_steps)
+    p.add_argument("--refine-steps", type=int, default=None,
+                   help=f"Adam steps (default {RefineConfig.max_steps} for gt-perturbed, "
+                        f"{EstimatorConfig().refine.max_steps} for pipeline)")
     p.add_argument("--model-dir", default=None, help="cache built 3DGOs here and reuse them")
     p.add_argument("--rebuild", action="store_true", help="ignore cached 3DGOs")
     p.add_argument("--out", default="results/eval.json", help="JSON with per-frame errors and summaries")
@@ -132,6 +244,11 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    pipeline = args.init == "pipeline"
+    if args.ref_masks is None:
+        args.ref_masks = "none" if pipeline else "given"
+    if args.refine_steps is None:
+        args.refine_steps = EstimatorConfig().refine.max_steps if pipeline else RefineConfig.max_steps
     log = (lambda *_: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     try:
         infos = bop.load_models_info(args.root)
@@ -139,19 +256,28 @@ def main(argv=None) -> int:
         missing = [i for i in ids if i not in infos]
         if missing:
             raise InputError(f"objects {missing} not in models_info.json")
-        summaries, per_frame = [], {}
-        for obj_id in ids:
-            s, rows = evaluate_object(args, obj_id, infos[obj_id], log)
-            summaries.append(s)
-            per_frame[str(obj_id)] = rows
+        summaries, per_frame, extra = [], {}, {}
+        if pipeline:
+            summaries, rows, extra = evaluate_pipeline(args, ids, infos, log)
+            per_frame = {str(k): v for k, v in rows.items()}
+        else:
+            for obj_id in ids:
+                s, rows = evaluate_object(args, obj_id, infos[obj_id], log)
+                summaries.append(s)
+                per_frame[str(obj_id)] = rows
     except InputError as exc:
         print(f"gspose-eval: error: {exc}", file=sys.stderr)
         return 2
     print_table(summaries)
+    if extra:
+        print(f"false positives: {extra['absent_object_false_positives']}/{extra['absent_object_searches']} searches "
+              f"for absent objects, {extra['background_false_positives']} poses on {extra['background_images']} "
+              f"object-free images; estimate {extra['estimate_seconds_per_object_mean']:.2f} s per object and image")
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
-            json.dump({"args": vars(args), "summaries": summaries, "frames": per_frame}, f, indent=1)
+            json.dump({"args": vars(args), "summaries": summaries, "frames": per_frame, **extra}, f, indent=1,
+                      default=float)
     return 0
 
 

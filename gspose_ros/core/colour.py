@@ -1,0 +1,38 @@
+"""Colour histograms: one quantisation per use, shared by detection and tracking."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+RGB_BINS = 16  # per channel: tracking compares consecutive frames, lighting barely changes
+HSV_BINS = (16, 8, 4)  # hue, saturation, value: detection meets new lighting, so value is coarse
+
+
+def rgb_bins(image: np.ndarray) -> np.ndarray:
+    """Per-pixel bin index (H, W) of an RGB uint8 image in a RGB_BINS^3 histogram."""
+    q = (image // (256 // RGB_BINS)).astype(np.int64)
+    return (q[..., 0] * RGB_BINS + q[..., 1]) * RGB_BINS + q[..., 2]
+
+
+def hsv_bins(image: np.ndarray) -> np.ndarray:
+    """Per-pixel bin index (H, W) of an RGB uint8 image in a hue x saturation x value histogram.
+    Near-grey pixels have no reliable hue: they all go to hue bin 0."""
+    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
+    nh, ns, nv = HSV_BINS
+    h = (hsv[..., 0].astype(np.int64) * nh) // 180
+    s = (hsv[..., 1].astype(np.int64) * ns) // 256
+    v = (hsv[..., 2].astype(np.int64) * nv) // 256
+    h = np.where(s == 0, 0, h)
+    return (h * ns + s) * nv + v
+
+
+def histogram(bins: np.ndarray, weights: np.ndarray | None, n_bins: int) -> np.ndarray:
+    """Normalised histogram of bin indices (optionally weighted); all zeros when empty."""
+    w = None if weights is None else weights.reshape(-1).astype(np.float64)
+    h = np.bincount(bins.reshape(-1), weights=w, minlength=n_bins)
+    return h / h.sum() if h.sum() > 0 else h
+
+
+N_HSV = int(np.prod(HSV_BINS))
+N_RGB = RGB_BINS**3

@@ -1,0 +1,139 @@
+"""Object detection by segmentation (GS-Pose stage 2), weight-free backend.
+
+The object's colour distribution, learned from its masked reference views, is
+back-projected onto the query (each pixel's object-colour likelihood against
+the query's own colour statistics); connected regions of likely-object pixels
+are the proposals, each refined to a mask by GrabCut in a padded box. A
+proposal is only a candidate: the estimator confirms or rejects it by
+retrieval and render-and-compare, which is where "not found" is decided.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .colour import HSV_BINS, N_HSV, histogram, hsv_bins
+from .errors import InputError
+
+
+@dataclass
+class DetectorConfig:
+    work_width: int = 320  # proposals are found on a copy this wide: fast, and blobs are smoother
+    prob_threshold: float = 0.55  # object-colour posterior needed for a proposal pixel
+    min_area_fraction: float = 0.001  # proposals smaller than this share of the image are ignored
+    max_proposals: int = 3
+    box_pad: float = 1.6  # GrabCut works in the proposal box scaled by this
+    grabcut_size: int = 160  # GrabCut crop side (pixels): its cost grows with the area
+    grabcut_iters: int = 3
+
+
+@dataclass
+class Detection:
+    mask: np.ndarray  # (H, W) bool, full image
+    box: np.ndarray  # (4,) x0, y0, x1, y1 (exclusive), pixels
+    score: float  # colour similarity of the mask to the object's references, in [0, 1]
+
+
+def colour_model(images, masks) -> np.ndarray:
+    """The object's HSV colour histogram over its masked reference pixels (the detector's
+    object representation, stored with the 3DGO)."""
+    total = np.zeros(N_HSV)
+    for image, mask in zip(images, masks):
+        total += np.bincount(hsv_bins(image)[mask > 0], minlength=N_HSV)
+    if total.sum() == 0:
+        raise InputError("no object pixels in the reference masks: cannot learn the object's colours")
+    return (total / total.sum()).astype(np.float32)
+
+
+def _hue_saturation(hist: np.ndarray) -> np.ndarray:
+    """Marginal over value: the part of the colour that survives a change of lighting."""
+    return hist.reshape(HSV_BINS).sum(axis=2).reshape(-1)
+
+
+def colour_similarity(hist_a: np.ndarray, hist_b: np.ndarray) -> float:
+    """Bhattacharyya coefficient of the hue x saturation marginals, in [0, 1]."""
+    return float(np.sqrt(_hue_saturation(hist_a) * _hue_saturation(hist_b)).sum())
+
+
+def object_probability(image: np.ndarray, model: np.ndarray) -> np.ndarray:
+    """Per-pixel P(object | colour), the object colours weighed against the image's own."""
+    bins = hsv_bins(image)
+    scene = histogram(bins, None, N_HSV)
+    return (model / (model + scene + 1e-6))[bins].astype(np.float32)
+
+
+def _grabcut(image: np.ndarray, seed: np.ndarray, box: np.ndarray, cfg: DetectorConfig) -> np.ndarray | None:
+    """Refine a seed region to an object mask inside its padded box; None when GrabCut loses it."""
+    h, w = image.shape[:2]
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    half = max(box[2] - box[0], box[3] - box[1]) * cfg.box_pad / 2
+    x0, y0 = int(max(0, cx - half)), int(max(0, cy - half))
+    x1, y1 = int(min(w, cx + half + 1)), int(min(h, cy + half + 1))
+    scale = min(1.0, cfg.grabcut_size / max(x1 - x0, y1 - y0))
+    size = (max(8, int(round((x1 - x0) * scale))), max(8, int(round((y1 - y0) * scale))))
+    crop = cv2.resize(image[y0:y1, x0:x1], size, interpolation=cv2.INTER_AREA)
+    seed_crop = cv2.resize(seed[y0:y1, x0:x1].astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+    labels = np.full(crop.shape[:2], cv2.GC_PR_BGD, np.uint8)
+    labels[seed_crop] = cv2.GC_PR_FGD
+    core = cv2.erode(seed_crop.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    labels[core] = cv2.GC_FGD
+    border = np.ones(labels.shape, bool)
+    border[2:-2, 2:-2] = False
+    labels[border & ~seed_crop] = cv2.GC_BGD
+    if not (labels == cv2.GC_FGD).any() and not (labels == cv2.GC_PR_FGD).any():
+        return None
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    try:
+        cv2.grabCut(cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), labels, None, bgd, fgd, cfg.grabcut_iters,
+                    cv2.GC_INIT_WITH_MASK)
+    except cv2.error:
+        return None
+    fg = ((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)).astype(np.uint8)
+    n, comp, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
+    if n < 2:
+        return None
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    fg = (comp == largest).astype(np.uint8)
+    mask = np.zeros((h, w), bool)
+    mask[y0:y1, x0:x1] = cv2.resize(fg, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR) > 0
+    return mask
+
+
+def check_image(image) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise InputError(f"image must be HxWx3 uint8 RGB, got shape {image.shape} dtype {image.dtype}")
+    if min(image.shape[:2]) < 16:
+        raise InputError(f"image too small to search: {image.shape[1]}x{image.shape[0]}")
+    return image
+
+
+def detect(image: np.ndarray, model: np.ndarray, config: DetectorConfig | None = None) -> list[Detection]:
+    """Candidate masks of the object with colour histogram `model` in an RGB image, best first."""
+    cfg = config or DetectorConfig()
+    image = check_image(image)
+    h, w = image.shape[:2]
+    scale = min(1.0, cfg.work_width / w)
+    small = cv2.resize(image, (int(round(w * scale)), int(round(h * scale))), interpolation=cv2.INTER_AREA)
+    prob = cv2.GaussianBlur(object_probability(small, model), (5, 5), 0)
+    likely = (prob > cfg.prob_threshold).astype(np.uint8)
+    likely = cv2.morphologyEx(likely, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    likely = cv2.morphologyEx(likely, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))
+    n, comp, stats, _ = cv2.connectedComponentsWithStats(likely, connectivity=8)
+    min_area = cfg.min_area_fraction * likely.size
+    proposals = [(float(prob[comp == i].sum()), i) for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= min_area]
+    detections = []
+    for _, i in sorted(proposals, reverse=True)[: cfg.max_proposals]:
+        seed = cv2.resize((comp == i).astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+        x, y, bw, bh = stats[i, :4] / scale
+        mask = _grabcut(image, seed, np.array([x, y, x + bw, y + bh]), cfg)
+        if mask is None or mask.sum() < 16:
+            continue
+        ys, xs = np.nonzero(mask)
+        box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=np.float64)
+        score = colour_similarity(histogram(hsv_bins(image), mask, N_HSV), model)
+        detections.append(Detection(mask, box, score))
+    return sorted(detections, key=lambda d: -d.score)

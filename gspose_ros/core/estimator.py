@@ -1,0 +1,208 @@
+"""The full cascade behind one object: register objects from posed views, then
+estimate their poses in a query image with no ground truth.
+
+    image --detect--> candidate masks --retrieve--> pose hypotheses --refine--> ObjectPose
+
+Registration builds, per object, everything the stages need: reference masks
+(co-segmentation when none are given), the 3DGO, the detector's colour model
+(stored in the 3DGO's metadata) and the retrieval template bank (rebuilt from
+the 3DGO when an object is loaded). A candidate becomes a pose only if its
+refined render agrees with the image (score >= min_score): that is how
+"not found" is decided.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .build import BuildConfig, BuildProgress, build_gaussian_object
+from .detect import Detection, DetectorConfig, check_image, colour_model, detect
+from .errors import InputError
+from .gaussians import GaussianObject
+from .geometry import check_intrinsics
+from .refine import RefineConfig, RefineResult, refine_pose
+from .registry import check_object_id
+from .retrieve import PoseCheck, QueryCrop, TemplateBank, build_template_bank, retrieve_pose
+from .segment import SegmentConfig, cosegment
+from .views import validate_views
+
+COLOUR_KEY = "detector_colour_hsv"
+
+
+@dataclass
+class EstimatorConfig:
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
+    template_viewpoints: int = 400  # ~10 deg apart
+    template_inplane: int = 24  # 15 deg apart
+    retrieval_top_k: int = 32  # silhouette matches re-ranked by render-and-compare
+    hypotheses: int = 1  # best-ranked hypotheses refined per candidate (each costs a refinement)
+    refine: RefineConfig = field(default_factory=lambda: RefineConfig(max_steps=40, min_steps=20))
+    # "not found" thresholds, set on synthetic scenes vs object-free clutter (RESULTS.md):
+    min_score: float = 0.6  # the refined pose's check score (in [0, 1])
+    min_detection_score: float = 0.85  # the detection's colour similarity to the references
+    max_candidates: int = 1  # detector candidates examined per object (each costs a refinement)
+
+
+@dataclass
+class ObjectPose:
+    object_id: str
+    T: np.ndarray  # (4, 4) T_camera_object, metres
+    score: float  # in [0, 1]: how well the render at T explains the detection (PoseCheck.score / 2)
+    mask: np.ndarray  # (H, W) bool, the detection
+    box: np.ndarray  # (4,) x0, y0, x1, y1
+    timings: dict  # seconds per stage: detect, retrieve, refine, total
+    check: PoseCheck | None = None  # the render-and-compare evidence behind `score`
+    detection_score: float = 0.0  # the detector's colour similarity of the mask
+    T_initial: np.ndarray | None = None  # the retrieved pose refinement started from
+
+
+@dataclass
+class EstimateReport:
+    """One object's outcome in one image: its pose, or None for "not found", and the time spent."""
+
+    object_id: str
+    pose: ObjectPose | None
+    timings: dict
+
+
+@dataclass
+class RegisteredObject:
+    object_id: str
+    gaussians: GaussianObject
+    colour: np.ndarray
+    templates: TemplateBank
+
+
+@dataclass
+class Registration:
+    gaussians: GaussianObject  # with the detector's colour model in its metadata
+    views_used: int
+    build_seconds: float
+    mask_confidences: np.ndarray | None  # per view, when masks came from co-segmentation
+
+
+def build_object(object_id: str, images, poses, K, masks=None, build_config: BuildConfig | None = None,
+                 segment_config: SegmentConfig | None = None,
+                 progress: Callable[[BuildProgress], None] | None = None) -> Registration:
+    """Registration proper: reference masks (co-segmented when `masks` is None or empty), the
+    3DGO and the detector's colour model. InputError names whatever is wrong with the input."""
+    object_id = check_object_id(object_id)
+    confidences = None
+    if masks is None or len(masks) == 0:
+        images = list(images)
+        seg = cosegment(images, poses, K, segment_config)
+        masks, confidences = seg.masks, seg.confidences
+    views = validate_views(images, masks, poses, K)
+    result = build_gaussian_object(views, build_config, progress=progress)
+    obj = result.gaussians
+    obj.meta[COLOUR_KEY] = colour_model([v.image for v in views], [v.mask for v in views]).tolist()
+    obj.meta["object_id"] = object_id
+    return Registration(obj, len(views), result.seconds, confidences)
+
+
+def object_colour(obj: GaussianObject) -> np.ndarray:
+    values = obj.meta.get(COLOUR_KEY)
+    arr = np.asarray(values if values is not None else [], dtype=np.float32)
+    if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr)) or arr.sum() <= 0:
+        raise InputError("3DGO has no detector colour model (register it again with this version)")
+    return arr / arr.sum()
+
+
+class Estimator:
+    """Registered objects and the cascade that finds them. Thread-safe: registration of one
+    object may run while estimate() serves the others."""
+
+    def __init__(self, config: EstimatorConfig | None = None):
+        self.config = config or EstimatorConfig()
+        self._objects: dict[str, RegisteredObject] = {}
+        self._lock = threading.Lock()
+
+    # --- registration -------------------------------------------------------------------
+    def register(self, object_id: str, images, poses, K, masks=None, build_config: BuildConfig | None = None,
+                 progress: Callable[[BuildProgress], None] | None = None) -> Registration:
+        """Build an object from posed views (masks optional) and make it estimable."""
+        built = build_object(object_id, images, poses, K, masks, build_config, self.config.segment, progress)
+        self.add_object(object_id, built.gaussians)
+        return built
+
+    def add_object(self, object_id: str, obj: GaussianObject) -> RegisteredObject:
+        """Make a built (e.g. loaded) 3DGO estimable; replaces an object of the same id."""
+        object_id = check_object_id(object_id)
+        cfg = self.config
+        registered = RegisteredObject(object_id, obj, object_colour(obj),
+                                      build_template_bank(obj, cfg.template_viewpoints, cfg.template_inplane))
+        with self._lock:
+            self._objects[object_id] = registered
+        return registered
+
+    def remove(self, object_id: str) -> bool:
+        with self._lock:
+            return self._objects.pop(object_id, None) is not None
+
+    def object_ids(self) -> list[str]:
+        with self._lock:
+            return sorted(self._objects)
+
+    def get(self, object_id: str) -> RegisteredObject:
+        with self._lock:
+            if object_id not in self._objects:
+                raise InputError(f"unknown object {object_id!r} (registered: {sorted(self._objects)})")
+            return self._objects[object_id]
+
+    # --- estimation ---------------------------------------------------------------------
+    def detect(self, object_id: str, image: np.ndarray) -> list[Detection]:
+        """Stage 2 alone: candidate masks of one object, best first."""
+        cfg = self.config
+        return detect(image, self.get(object_id).colour, cfg.detector)[: cfg.max_candidates]
+
+    def initial_poses(self, object_id: str, image: np.ndarray, mask: np.ndarray, K) -> list[np.ndarray]:
+        """Stage 3 alone: pose hypotheses for a detected mask, best first."""
+        obj = self.get(object_id)
+        hyps = retrieve_pose(obj.gaussians, obj.templates, image, mask, check_intrinsics(K), self.config.retrieval_top_k)
+        return [h.T for h in hyps[: self.config.hypotheses]]
+
+    def refine(self, object_id: str, image: np.ndarray, mask: np.ndarray | None, T_init, K) -> RefineResult:
+        """Stage 4 alone: render-and-compare refinement of one hypothesis."""
+        return refine_pose(self.get(object_id).gaussians, image, mask, T_init, K, self.config.refine)
+
+    def estimate(self, image: np.ndarray, K, object_ids: list[str] | None = None) -> list[ObjectPose]:
+        """Poses of the registered objects found in `image` (one per object id, confident ones only)."""
+        return [r.pose for r in self.estimate_reports(image, K, object_ids) if r.pose is not None]
+
+    def estimate_reports(self, image: np.ndarray, K, object_ids: list[str] | None = None) -> list[EstimateReport]:
+        """Like estimate(), with a report for every object looked for, found or not."""
+        image = check_image(image)
+        K = check_intrinsics(K, image.shape[1], image.shape[0])
+        ids = self.object_ids() if object_ids is None else [check_object_id(i) for i in object_ids]
+        return [self._estimate_one(object_id, image, K) for object_id in ids]
+
+    def _estimate_one(self, object_id: str, image: np.ndarray, K: np.ndarray) -> EstimateReport:
+        start = time.perf_counter()
+        timings = {"detect": 0.0, "retrieve": 0.0, "refine": 0.0}
+        detections = [d for d in self.detect(object_id, image) if d.score >= self.config.min_detection_score]
+        timings["detect"] = time.perf_counter() - start
+        gaussians = self.get(object_id).gaussians
+        best: ObjectPose | None = None
+        for det in detections:
+            t0 = time.perf_counter()
+            hypotheses = self.initial_poses(object_id, image, det.mask, K)
+            timings["retrieve"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            query = QueryCrop(image, det.mask, det.box, K)
+            for T_init in hypotheses:
+                T = self.refine(object_id, image, det.mask, T_init, K).T
+                check = query.check(gaussians, T)
+                score = float(np.clip(check.score / 2.0, 0.0, 1.0))
+                if np.all(np.isfinite(T)) and (best is None or score > best.score):
+                    best = ObjectPose(object_id, T, score, det.mask, det.box, timings, check, det.score, T_init)
+            timings["refine"] += time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - start
+        if best is not None and best.score < self.config.min_score:
+            best = None
+        return EstimateReport(object_id, best, timings)

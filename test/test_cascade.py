@@ -1,0 +1,120 @@
+"""The front of the cascade on pyrender scenes: co-segmentation, detection, the Estimator."""
+
+import numpy as np
+import pytest
+
+from gspose_ros.core import bop, metrics, synth
+from gspose_ros.core.detect import DetectorConfig, colour_model, detect
+from gspose_ros.core.errors import InputError
+from gspose_ros.core.estimator import COLOUR_KEY, Estimator
+from gspose_ros.core.registry import check_object_id
+from gspose_ros.core.segment import cosegment
+
+
+def _iou(a, b):
+    return (a & b).sum() / max((a | b).sum(), 1)
+
+
+@pytest.fixture(scope="module")
+def duck_refs(dataset):
+    frames = bop.load_split_frames(dataset, "train", 3)
+    return frames, [f.load() for f in frames]
+
+
+@pytest.fixture(scope="module")
+def estimator(built, built_duck, dataset):
+    """Duck and low-texture bracket registered from their fitted 3DGOs and GT-masked references."""
+    est = Estimator()
+    for name, obj_id, obj in (("duck", 3, built_duck), ("bracket", 2, built[0].gaussians)):
+        loaded = [f.load() for f in bop.load_split_frames(dataset, "train", obj_id)]
+        obj.meta[COLOUR_KEY] = colour_model([i for i, _ in loaded], [m for _, m in loaded]).tolist()
+        est.add_object(name, obj)
+    return est
+
+
+def test_cosegmentation_matches_ground_truth_masks(duck_refs):
+    frames, loaded = duck_refs
+    seg = cosegment([i for i, _ in loaded], [f.T for f in frames], [f.K for f in frames])
+    ious = [_iou(m, gt) for m, (_, gt) in zip(seg.masks, loaded)]
+    assert np.median(ious) > 0.85, ious
+    assert len(seg.confidences) == len(frames) and np.median(seg.confidences) > 0.7
+
+
+def test_cosegmentation_refuses_views_without_a_consistent_object(duck_refs, rng):
+    frames, _ = duck_refs
+    noise = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in frames]
+    with pytest.raises(InputError, match="co-segmentation"):
+        cosegment(noise, [f.T for f in frames], [f.K for f in frames])
+    same_axis = [frames[0].T] * len(frames)
+    with pytest.raises(InputError, match="one line"):
+        cosegment(noise, same_axis, [f.K for f in frames])
+
+
+def test_detector_finds_the_object_in_clutter(duck_refs, dataset):
+    _, loaded = duck_refs
+    model = colour_model([i for i, _ in loaded], [m for _, m in loaded])
+    ious = []
+    for f in bop.load_split_frames(dataset, "test", 3):
+        image, gt = f.load()
+        found = detect(image, model)
+        ious.append(_iou(found[0].mask, gt) if found else 0.0)
+        assert all(0.0 <= d.score <= 1.0 and d.mask.shape == gt.shape for d in found)
+    assert np.mean(np.array(ious) >= 0.8) >= 0.75, ious
+
+
+def test_detector_rejects_bad_images(duck_refs):
+    _, loaded = duck_refs
+    model = colour_model([i for i, _ in loaded], [m for _, m in loaded])
+    with pytest.raises(InputError, match="uint8"):
+        detect(np.zeros((48, 64, 3), np.float32), model)
+    with pytest.raises(InputError, match="too small"):
+        detect(np.zeros((4, 4, 3), np.uint8), model)
+    grey = np.full((480, 640, 3), 128, np.uint8)
+    assert all(d.score < 0.5 for d in detect(grey, model, DetectorConfig()))
+
+
+def test_estimator_poses_objects_without_ground_truth(estimator, dataset):
+    pts = bop.load_model_points(dataset, 3)
+    d = bop.load_models_info(dataset)[3]["diameter"] / 1000
+    errors = []
+    for f in bop.load_split_frames(dataset, "test", 3):
+        image, _ = f.load()
+        poses = estimator.estimate(image, f.K, ["duck"])
+        assert len(poses) <= 1 and all(p.object_id == "duck" and 0 <= p.score <= 1 for p in poses)
+        errors.append(metrics.add(poses[0].T, f.T, pts) if poses else np.inf)
+    assert np.mean(np.array(errors) < 0.1 * d) >= 0.5, errors
+
+
+def test_estimator_finds_two_objects_in_one_image(estimator, dataset):
+    both = 0
+    for key in range(3):
+        frames = {obj_id: [f for f in bop.load_split_frames(dataset, "test_multi", obj_id) if f.im_id == key][0]
+                  for obj_id in (2, 3)}
+        image, _ = frames[3].load()
+        found = {p.object_id for p in estimator.estimate(image, frames[3].K)}
+        both += found == {"duck", "bracket"}
+    assert both >= 2
+
+
+def test_estimator_mostly_reports_not_found_on_object_free_clutter(estimator):
+    """8 searches (4 clutter images x 2 objects) with the quickly-built test objects: measured 3
+    false poses (full builds: 1 in 30, RESULTS.md). A regression in the not-found check shows here."""
+    rng = np.random.default_rng(11)
+    poses = [estimator.estimate(synth.random_background(rng), synth.DEFAULT_K) for _ in range(4)]
+    assert sum(len(p) for p in poses) <= 3, poses
+
+
+@pytest.mark.parametrize("bad", ["", "../etc", "a/b", "x" * 65, "-rf", "dück", None, 3])
+def test_object_ids_are_checked(bad):
+    with pytest.raises(InputError, match="object id"):
+        check_object_id(bad)
+
+
+def test_estimator_rejects_unknown_objects_and_bad_queries(estimator):
+    image = np.zeros((480, 640, 3), np.uint8)
+    with pytest.raises(InputError, match="unknown object"):
+        estimator.estimate(image, synth.DEFAULT_K, ["nope"])
+    with pytest.raises(InputError):
+        estimator.estimate(image, np.zeros((3, 3)))
+    with pytest.raises(InputError, match="uint8"):
+        estimator.estimate(image.astype(np.float64), synth.DEFAULT_K)
