@@ -170,26 +170,31 @@ def query_poses(n: int, distance: float, rng: np.random.Generator, K=DEFAULT_K, 
     return poses
 
 
+def render_views(mesh, poses, rng, K=DEFAULT_K, background=True, fixed_light=False):
+    """Yield (RGB image, object mask) per pose: the object over a fresh cluttered background."""
+    renderer = MeshRenderer(mesh)
+    try:
+        for T in poses:
+            color, depth = renderer.render(T, K, rng, fixed_light)
+            mask = depth > 0
+            bg = random_background(rng) if background else np.zeros_like(color)
+            yield np.where(mask[..., None], color, bg), mask
+    finally:
+        renderer.close()
+
+
 def write_split(root, split, obj_id, mesh, poses, rng, K=DEFAULT_K, background=True, fixed_light=False):
     """Render one scene (scene id = obj id) of `split` in BOP layout."""
     sdir = os.path.join(root, split, f"{obj_id:06d}")
     os.makedirs(os.path.join(sdir, "rgb"), exist_ok=True)
     os.makedirs(os.path.join(sdir, "mask_visib"), exist_ok=True)
-    renderer = MeshRenderer(mesh)
     cams, gts = {}, {}
-    try:
-        for im_id, T in enumerate(poses):
-            color, depth = renderer.render(T, K, rng, fixed_light)
-            mask = depth > 0
-            bg = random_background(rng) if background else np.zeros_like(color)
-            img = np.where(mask[..., None], color, bg)
-            cv2.imwrite(os.path.join(sdir, "rgb", f"{im_id:06d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-            cv2.imwrite(os.path.join(sdir, "mask_visib", f"{im_id:06d}_000000.png"), mask.astype(np.uint8) * 255)
-            R, t = pose_to_bop(T)
-            cams[str(im_id)] = {"cam_K": K.reshape(-1).tolist(), "depth_scale": 1.0}
-            gts[str(im_id)] = [{"cam_R_m2c": R, "cam_t_m2c": t, "obj_id": obj_id}]
-    finally:
-        renderer.close()
+    for im_id, (T, (img, mask)) in enumerate(zip(poses, render_views(mesh, poses, rng, K, background, fixed_light))):
+        cv2.imwrite(os.path.join(sdir, "rgb", f"{im_id:06d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(os.path.join(sdir, "mask_visib", f"{im_id:06d}_000000.png"), mask.astype(np.uint8) * 255)
+        R, t = pose_to_bop(T)
+        cams[str(im_id)] = {"cam_K": K.reshape(-1).tolist(), "depth_scale": 1.0}
+        gts[str(im_id)] = [{"cam_R_m2c": R, "cam_t_m2c": t, "obj_id": obj_id}]
     with open(os.path.join(sdir, "scene_camera.json"), "w") as f:
         json.dump(cams, f)
     with open(os.path.join(sdir, "scene_gt.json"), "w") as f:

@@ -1,0 +1,67 @@
+"""Detector node: camera image -> candidate object masks (GS-Pose stage 2).
+
+In:  /camera/image_raw (+ /camera/camera_info, paired by stamp), sensor-data QoS.
+Out: /gspose/detections (DetectionArray: the image, its camera_info and one detection per
+     registered object found, best candidate), /gspose/mask (mono8, all detections).
+Frames arriving while a frame is being processed replace each other (latest wins).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import rclpy
+from rclpy.node import Node
+from sensor_msgs.msg import CameraInfo, Image
+
+from ..core.detect import DetectorConfig, detect
+from ..core.errors import InputError
+from ..core.estimator import object_colour
+from ..msg import DetectionArray, ObjectDetection
+from .common import SENSOR_QOS, STAGE_QOS, CameraPairing, LatestSlot, RegisteredObjects, declare, spin_nodes
+from .conversions import mask_to_image
+
+
+class DetectorNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__("gspose_detector", **kwargs)
+        registry_dir = declare(self, "registry_dir", "~/.gspose_ros/objects", "Directory of registered objects")
+        only = declare(self, "object_ids", [""], "Objects to look for ([''] or []: every registered object)")
+        self.min_score = declare(self, "min_detection_score", 0.85,
+                                 "Colour similarity a mask needs to be passed on (0..1)")
+        self.config = DetectorConfig(work_width=declare(self, "work_width", DetectorConfig.work_width,
+                                                        "Width (px) of the copy proposals are searched in"))
+        tolerance = declare(self, "camera_info_tolerance_s", 0.05,
+                            "Largest stamp difference accepted between an image and its camera_info")
+        self.objects = RegisteredObjects(self, registry_dir, lambda _id, obj: object_colour(obj),
+                                         [o for o in only if o])
+        self.pairing = CameraPairing(tolerance)
+        self.pub = self.create_publisher(DetectionArray, "/gspose/detections", STAGE_QOS)
+        self.mask_pub = self.create_publisher(Image, "/gspose/mask", STAGE_QOS)
+        self.slot = LatestSlot(self.process, lambda e: self.get_logger().warning(f"frame skipped: {e}"))
+        self.create_subscription(CameraInfo, "/camera/camera_info", self.pairing.add_info, SENSOR_QOS)
+        self.create_subscription(Image, "/camera/image_raw", self.slot.put, SENSOR_QOS)
+
+    def process(self, image_msg: Image) -> None:
+        try:
+            rgb, K, info = self.pairing.frame(image_msg)
+        except InputError as exc:
+            self.get_logger().warning(f"image skipped: {exc}", throttle_duration_sec=5.0)
+            return
+        out = DetectionArray(header=image_msg.header, image=image_msg, camera_info=info)
+        union = np.zeros(rgb.shape[:2], bool)
+        for object_id, colour in self.objects.items():
+            found = [d for d in detect(rgb, colour, self.config)[:1] if d.score >= self.min_score]
+            for d in found:
+                out.detections.append(ObjectDetection(object_id=object_id, score=float(d.score),
+                                                      box=[float(v) for v in d.box],
+                                                      mask=mask_to_image(d.mask, image_msg.header)))
+                union |= d.mask
+        self.pub.publish(out)
+        self.mask_pub.publish(mask_to_image(union, image_msg.header))
+
+
+def main(argv=None) -> int:
+    rclpy.init(args=argv if argv is not None else sys.argv)
+    return spin_nodes([DetectorNode()])

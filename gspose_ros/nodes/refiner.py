@@ -1,0 +1,214 @@
+"""Refiner / tracker node: initial pose -> refined pose, then frame-to-frame tracking
+(GS-Pose stages 4 and 5).
+
+In:  /gspose/initial_poses (ObjectPoseArray with image, camera_info and masks), and the
+     camera (/camera/image_raw + /camera/camera_info) for tracking.
+Out: /object_pose (geometry_msgs/PoseStamped: T_camera_object of `target_object`, or of
+     the most confident object, in the image's frame with its stamp), /gspose/object_poses
+     (ObjectPoseArray: every object, with id, score and status), /gspose/overlay (Image),
+     /gspose/markers (MarkerArray), TF gspose/<object_id> and vision_msgs/Detection3DArray
+     when those packages are installed.
+An object whose refined pose checks out (score >= min_score) is tracked on every camera
+frame until the tracker loses it; then the next detection re-initialises it.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import rclpy
+from geometry_msgs.msg import PoseStamped
+from rclpy.node import Node
+from sensor_msgs.msg import CameraInfo, Image
+from visualization_msgs.msg import Marker, MarkerArray
+
+from ..core.errors import InputError
+from ..core.gaussians import GaussianObject
+from ..core.refine import RefineConfig, refine_pose
+from ..core.retrieve import QueryCrop
+from ..core.track import Tracker
+from ..core.visualize import draw_overlay
+from ..msg import ObjectPoseArray, ObjectPoseEstimate
+from .common import SENSOR_QOS, STAGE_QOS, CameraPairing, LatestSlot, RegisteredObjects, declare, spin_nodes
+from .conversions import camera_info_to_K, image_to_mask, image_to_rgb, matrix_to_pose, matrix_to_pose_stamped, pose_to_matrix, rgb_to_image
+
+try:  # optional outputs: present on a full ROS 2 install, not in the pip wheels
+    from geometry_msgs.msg import TransformStamped
+    from tf2_ros import TransformBroadcaster
+except ImportError:
+    TransformBroadcaster = None
+try:
+    from vision_msgs.msg import Detection3D, Detection3DArray, ObjectHypothesisWithPose
+except ImportError:
+    Detection3DArray = None
+
+
+@dataclass
+class Track:
+    tracker: Tracker
+    T: np.ndarray
+    score: float
+    active: bool = True
+
+
+class RefinerNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__("gspose_refiner", **kwargs)
+        registry_dir = declare(self, "registry_dir", "~/.gspose_ros/objects", "Directory of registered objects")
+        self.target = declare(self, "target_object", "",
+                              "Object whose pose goes to /object_pose ('': the most confident one in each frame)")
+        steps = declare(self, "refine_steps", 40, "Render-and-compare steps from an initial pose (paper: <= 400 on GPU)")
+        self.min_score = declare(self, "min_score", 0.6, "Refined-pose check score (0..1) needed to report a pose")
+        self.tracking = declare(self, "tracking", True, "Track found objects frame to frame (else refine every detection)")
+        self.overlay = declare(self, "publish_overlay", True, "Publish /gspose/overlay (costs a render per object)")
+        tolerance = declare(self, "camera_info_tolerance_s", 0.05,
+                            "Largest stamp difference accepted between an image and its camera_info")
+        self.refine_config = RefineConfig(max_steps=int(steps), min_steps=min(20, int(steps)))
+        self.objects = RegisteredObjects(self, registry_dir, lambda _id, obj: obj)
+        self.tracks: dict[str, Track] = {}
+        self.pairing = CameraPairing(tolerance)
+        self._lock = threading.Lock()  # detections and frames are handled one at a time
+        self.pose_pub = self.create_publisher(PoseStamped, "/object_pose", 10)
+        self.poses_pub = self.create_publisher(ObjectPoseArray, "/gspose/object_poses", 10)
+        self.overlay_pub = self.create_publisher(Image, "/gspose/overlay", 2)
+        self.marker_pub = self.create_publisher(MarkerArray, "/gspose/markers", 2)
+        self.tf = TransformBroadcaster(self) if TransformBroadcaster is not None else None
+        self.det3d_pub = self.create_publisher(Detection3DArray, "/gspose/detections_3d", 2) if Detection3DArray else None
+        warn = lambda e: self.get_logger().warning(f"skipped: {e}")  # noqa: E731
+        self.initial_slot = LatestSlot(self.on_initial, warn)
+        self.frame_slot = LatestSlot(self.on_frame, warn)
+        self.create_subscription(ObjectPoseArray, "/gspose/initial_poses", self.initial_slot.put, STAGE_QOS)
+        self.create_subscription(CameraInfo, "/camera/camera_info", self.pairing.add_info, SENSOR_QOS)
+        self.create_subscription(Image, "/camera/image_raw", self.frame_slot.put, SENSOR_QOS)
+
+    # --- detections: refine and (re)start tracking ------------------------------------
+    def on_initial(self, msg: ObjectPoseArray) -> None:
+        try:
+            rgb = image_to_rgb(msg.image)
+            K = camera_info_to_K(msg.camera_info, rgb.shape[1], rgb.shape[0])
+        except InputError as exc:
+            self.get_logger().warning(f"initial poses skipped: {exc}", throttle_duration_sec=5.0)
+            return
+        results = []
+        with self._lock:
+            for est in msg.poses:
+                obj = self.objects.get(est.object_id)
+                track = self.tracks.get(est.object_id)
+                if obj is None or (self.tracking and track is not None and track.active):
+                    continue  # tracked objects follow the camera frames; detections re-initialise lost ones
+                try:
+                    mask = image_to_mask(est.mask) if est.mask.height else None
+                    T0 = pose_to_matrix(est.pose, f"{est.object_id} initial pose")
+                    T = refine_pose(obj, rgb, mask, T0, K, self.refine_config).T
+                    score = self._score(obj, rgb, mask, np.asarray(est.box), T, K)
+                except InputError as exc:
+                    self.get_logger().warning(f"{est.object_id}: {exc}", throttle_duration_sec=5.0)
+                    continue
+                if score < self.min_score:
+                    continue
+                tracker = Tracker(obj)
+                tracker.reset(T)
+                self.tracks[est.object_id] = Track(tracker, T, score)
+                results.append((est.object_id, T, score, ObjectPoseEstimate.STATUS_REFINED, est.box))
+        self.publish(msg.header, msg.camera_info, rgb, K, results)
+
+    @staticmethod
+    def _score(obj: GaussianObject, rgb, mask, box, T, K) -> float:
+        if mask is None or not mask.any():
+            return 1.0
+        return float(np.clip(QueryCrop(rgb, mask, box, K).check(obj, T).score / 2.0, 0.0, 1.0))
+
+    # --- camera frames: track ----------------------------------------------------------
+    def on_frame(self, image_msg: Image) -> None:
+        if not self.tracking:
+            return
+        with self._lock:
+            active = [(k, t) for k, t in self.tracks.items() if t.active]
+            if not active:
+                return
+            try:
+                rgb, K, info = self.pairing.frame(image_msg)
+            except InputError as exc:
+                self.get_logger().warning(f"frame skipped: {exc}", throttle_duration_sec=5.0)
+                return
+            results = []
+            for object_id, track in active:
+                step = track.tracker.step(rgb, K)
+                if step.kept:
+                    track.T, track.score = step.T, float(step.refine.confidence)
+                    results.append((object_id, step.T, track.score, ObjectPoseEstimate.STATUS_TRACKED, [0.0] * 4))
+                else:
+                    track.active = False
+                    results.append((object_id, track.T, 0.0, ObjectPoseEstimate.STATUS_LOST, [0.0] * 4))
+        self.publish(image_msg.header, info, rgb, K, results)
+
+    # --- outputs -------------------------------------------------------------------------
+    def publish(self, header, info, rgb, K, results) -> None:
+        if not results:
+            return
+        out = ObjectPoseArray(header=header)
+        for object_id, T, score, status, box in results:
+            out.poses.append(ObjectPoseEstimate(object_id=object_id, pose=matrix_to_pose(T), score=float(score),
+                                                status=status, box=[float(v) for v in box]))
+        self.poses_pub.publish(out)
+        good = [r for r in results if r[3] != ObjectPoseEstimate.STATUS_LOST]
+        chosen = [r for r in good if r[0] == self.target] if self.target else sorted(good, key=lambda r: -r[2])[:1]
+        if chosen:
+            self.pose_pub.publish(matrix_to_pose_stamped(chosen[0][1], header))
+        self._publish_markers(header, good)
+        if self.tf is not None:
+            for object_id, T, *_ in good:
+                self._broadcast_tf(header, object_id, T)
+        if self.det3d_pub is not None:
+            self._publish_detection3d(header, good)
+        if self.overlay and good:
+            image = rgb
+            for object_id, T, score, *_ in good:
+                obj = self.objects.get(object_id)
+                if obj is not None:
+                    image = draw_overlay(image, obj, T, K, label=f"{object_id} {score:.2f}")
+            self.overlay_pub.publish(rgb_to_image(image, header))
+
+    def _publish_markers(self, header, results) -> None:
+        markers = MarkerArray()
+        for i, (object_id, T, score, *_rest) in enumerate(results):
+            obj = self.objects.get(object_id)
+            size = float(obj.diameter) if obj is not None else 0.1
+            m = Marker(header=header, ns="gspose", id=2 * i, type=Marker.SPHERE, action=Marker.ADD,
+                       pose=matrix_to_pose(T))
+            m.scale.x = m.scale.y = m.scale.z = size
+            m.color.r, m.color.g, m.color.b, m.color.a = 0.1, 0.9, 0.2, 0.35
+            label = Marker(header=header, ns="gspose", id=2 * i + 1, type=Marker.TEXT_VIEW_FACING,
+                           action=Marker.ADD, pose=matrix_to_pose(T), text=f"{object_id} {score:.2f}")
+            label.scale.z = 0.3 * size
+            label.color.r = label.color.g = label.color.b = label.color.a = 1.0
+            markers.markers += [m, label]
+        self.marker_pub.publish(markers)
+
+    def _broadcast_tf(self, header, object_id: str, T) -> None:
+        tf = TransformStamped(header=header, child_frame_id=f"gspose/{object_id}")
+        p = matrix_to_pose(T)
+        tf.transform.translation.x, tf.transform.translation.y, tf.transform.translation.z = \
+            p.position.x, p.position.y, p.position.z
+        tf.transform.rotation = p.orientation
+        self.tf.sendTransform(tf)
+
+    def _publish_detection3d(self, header, results) -> None:
+        arr = Detection3DArray(header=header)
+        for object_id, T, score, *_ in results:
+            det = Detection3D(header=header)
+            hyp = ObjectHypothesisWithPose()
+            hyp.hypothesis.class_id, hyp.hypothesis.score = object_id, float(score)
+            hyp.pose.pose = matrix_to_pose(T)
+            det.results.append(hyp)
+            det.bbox.center = matrix_to_pose(T)
+            arr.detections.append(det)
+        self.det3d_pub.publish(arr)
+
+
+def main(argv=None) -> int:
+    rclpy.init(args=argv if argv is not None else sys.argv)
+    return spin_nodes([RefinerNode()])

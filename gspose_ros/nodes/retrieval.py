@@ -1,0 +1,64 @@
+"""Initial-pose node: detections -> initial poses by template retrieval (GS-Pose stage 3).
+
+In:  /gspose/detections (DetectionArray).
+Out: /gspose/initial_poses (ObjectPoseArray, STATUS_INITIAL, with the image and camera_info
+     for the refiner). Latest wins when detections arrive faster than retrieval runs.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import rclpy
+from rclpy.node import Node
+
+from ..core.errors import InputError
+from ..core.retrieve import build_template_bank, retrieve_pose
+from ..msg import DetectionArray, ObjectPoseArray, ObjectPoseEstimate
+from .common import STAGE_QOS, LatestSlot, RegisteredObjects, declare, spin_nodes
+from .conversions import camera_info_to_K, image_to_mask, image_to_rgb, matrix_to_pose
+
+
+class RetrievalNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__("gspose_retrieval", **kwargs)
+        registry_dir = declare(self, "registry_dir", "~/.gspose_ros/objects", "Directory of registered objects")
+        self.top_k = declare(self, "retrieval_top_k", 32, "Silhouette matches re-ranked by render-and-compare")
+        viewpoints = declare(self, "template_viewpoints", 400, "Template viewpoints over the sphere (~10 deg apart)")
+        inplane = declare(self, "template_inplane", 24, "In-plane rotations per viewpoint (15 deg apart)")
+        self.objects = RegisteredObjects(
+            self, registry_dir, lambda _id, obj: (obj, build_template_bank(obj, viewpoints, inplane)))
+        self.pub = self.create_publisher(ObjectPoseArray, "/gspose/initial_poses", STAGE_QOS)
+        self.slot = LatestSlot(self.process, lambda e: self.get_logger().warning(f"detections skipped: {e}"))
+        self.create_subscription(DetectionArray, "/gspose/detections", self.slot.put, STAGE_QOS)
+
+    def process(self, msg: DetectionArray) -> None:
+        if not msg.detections:
+            return
+        try:
+            rgb = image_to_rgb(msg.image)
+            K = camera_info_to_K(msg.camera_info, rgb.shape[1], rgb.shape[0])
+        except InputError as exc:
+            self.get_logger().warning(f"detections skipped: {exc}", throttle_duration_sec=5.0)
+            return
+        out = ObjectPoseArray(header=msg.header, image=msg.image, camera_info=msg.camera_info)
+        for det in msg.detections:
+            entry = self.objects.get(det.object_id)
+            if entry is None:
+                continue
+            obj, bank = entry
+            try:
+                best = retrieve_pose(obj, bank, rgb, image_to_mask(det.mask), K, self.top_k)[0]
+            except InputError as exc:
+                self.get_logger().warning(f"{det.object_id}: {exc}", throttle_duration_sec=5.0)
+                continue
+            out.poses.append(ObjectPoseEstimate(object_id=det.object_id, pose=matrix_to_pose(best.T),
+                                                score=float(det.score), status=ObjectPoseEstimate.STATUS_INITIAL,
+                                                box=list(det.box), mask=det.mask))
+        if out.poses:
+            self.pub.publish(out)
+
+
+def main(argv=None) -> int:
+    rclpy.init(args=argv if argv is not None else sys.argv)
+    return spin_nodes([RetrievalNode()])
