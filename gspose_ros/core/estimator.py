@@ -27,7 +27,7 @@ from .gaussians import GaussianObject
 from .geometry import check_intrinsics
 from .refine import RefineConfig, RefineResult, refine_pose
 from .registry import check_object_id
-from .retrieve import PoseCheck, QueryCrop, TemplateBank, build_template_bank, retrieve_pose
+from .retrieve import PoseCheck, PoseHypothesis, QueryCrop, TemplateBank, build_template_bank, retrieve_pose
 from .segment import SegmentConfig, cosegment
 from .views import validate_views
 
@@ -41,12 +41,12 @@ class EstimatorConfig:
     template_viewpoints: int = 400  # ~10 deg apart
     template_inplane: int = 24  # 15 deg apart
     retrieval_top_k: int = 32  # silhouette matches re-ranked by render-and-compare
-    hypotheses: int = 1  # best-ranked hypotheses refined per candidate (each costs a refinement)
+    hypotheses: int = 2  # best-ranked hypotheses refined for the chosen candidate (each costs a refinement)
     refine: RefineConfig = field(default_factory=lambda: RefineConfig(max_steps=40, min_steps=20))
     # "not found" thresholds, set on synthetic scenes vs object-free clutter (RESULTS.md):
     min_score: float = 0.6  # the refined pose's check score (in [0, 1])
     min_detection_score: float = 0.85  # the detection's colour similarity to the references
-    max_candidates: int = 1  # detector candidates examined per object (each costs a refinement)
+    max_candidates: int = 3  # detector candidates examined per object (each costs a retrieval)
 
 
 @dataclass
@@ -161,11 +161,10 @@ class Estimator:
         cfg = self.config
         return detect(image, self.get(object_id).colour, cfg.detector)[: cfg.max_candidates]
 
-    def initial_poses(self, object_id: str, image: np.ndarray, mask: np.ndarray, K) -> list[np.ndarray]:
-        """Stage 3 alone: pose hypotheses for a detected mask, best first."""
+    def initial_poses(self, object_id: str, image: np.ndarray, mask: np.ndarray, K) -> list[PoseHypothesis]:
+        """Stage 3 alone: pose hypotheses for a detected mask, best (by their check score) first."""
         obj = self.get(object_id)
-        hyps = retrieve_pose(obj.gaussians, obj.templates, image, mask, check_intrinsics(K), self.config.retrieval_top_k)
-        return [h.T for h in hyps[: self.config.hypotheses]]
+        return retrieve_pose(obj.gaussians, obj.templates, image, mask, check_intrinsics(K), self.config.retrieval_top_k)
 
     def refine(self, object_id: str, image: np.ndarray, mask: np.ndarray | None, T_init, K) -> RefineResult:
         """Stage 4 alone: render-and-compare refinement of one hypothesis."""
@@ -188,20 +187,24 @@ class Estimator:
         detections = [d for d in self.detect(object_id, image) if d.score >= self.config.min_detection_score]
         timings["detect"] = time.perf_counter() - start
         gaussians = self.get(object_id).gaussians
+        # retrieval is cheap and its check already says which candidate looks like the object;
+        # only that candidate's best hypotheses pay for a refinement
+        t0 = time.perf_counter()
+        retrieved = [(self.initial_poses(object_id, image, det.mask, K), det) for det in detections]
+        retrieved = [(hyps, det) for hyps, det in retrieved if hyps]
+        timings["retrieve"] = time.perf_counter() - t0
         best: ObjectPose | None = None
-        for det in detections:
+        if retrieved:
             t0 = time.perf_counter()
-            hypotheses = self.initial_poses(object_id, image, det.mask, K)
-            timings["retrieve"] += time.perf_counter() - t0
-            t0 = time.perf_counter()
+            hypotheses, det = max(retrieved, key=lambda r: r[0][0].score)
             query = QueryCrop(image, det.mask, det.box, K)
-            for T_init in hypotheses:
-                T = self.refine(object_id, image, det.mask, T_init, K).T
+            for hyp in hypotheses[: self.config.hypotheses]:
+                T = self.refine(object_id, image, det.mask, hyp.T, K).T
                 check = query.check(gaussians, T)
                 score = float(np.clip(check.score / 2.0, 0.0, 1.0))
                 if np.all(np.isfinite(T)) and (best is None or score > best.score):
-                    best = ObjectPose(object_id, T, score, det.mask, det.box, timings, check, det.score, T_init)
-            timings["refine"] += time.perf_counter() - t0
+                    best = ObjectPose(object_id, T, score, det.mask, det.box, timings, check, det.score, hyp.T)
+            timings["refine"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - start
         if best is not None and best.score < self.config.min_score:
             best = None

@@ -19,7 +19,7 @@ from scipy.spatial.transform import Rotation
 from .colour import N_RGB, histogram, rgb_bins
 from .errors import InputError
 from .gaussians import GaussianObject
-from .geometry import crop_window_from_pose, pose_inverse
+from .geometry import crop_window_from_pose
 from .refine import AlignConfig, RefineConfig, RefineResult, align_pose, refine_pose
 from .render import render
 from .views import crop_image
@@ -52,17 +52,32 @@ class Tracker:
     T: np.ndarray | None = None
     _hists: tuple | None = None  # (foreground, background) colour histograms
     _silhouette: tuple | None = None  # (alpha, crop window) of the last accepted pose
-    _velocity: np.ndarray | None = None  # last frame-to-frame motion, camera frame
+    # last frame-to-frame motion of the object origin in the camera frame: rotation vector,
+    # translation, and the seconds it took (None: frames are taken as equally spaced)
+    _velocity: tuple[np.ndarray, np.ndarray, float | None] | None = None
+    _stamp: float | None = None  # time of the last accepted frame
 
     def reset(self, T_camera_object: np.ndarray) -> None:
         self.T = np.asarray(T_camera_object, dtype=np.float64)
         self._hists = None
         self._silhouette = None
         self._velocity = None
+        self._stamp = None
 
-    def predicted(self) -> np.ndarray:
-        """Constant-velocity prediction: the refinement then only corrects the change in motion."""
-        return self._velocity @ self.T if self._velocity is not None else self.T
+    def predicted(self, stamp: float | None = None) -> np.ndarray:
+        """Constant-velocity prediction: the refinement then only corrects the change in motion.
+        With frame times (seconds), the last motion is scaled to the time elapsed, so frames
+        skipped in between (a busy CPU drops them) are predicted across too."""
+        if self._velocity is None:
+            return self.T
+        rotvec, translation, dt = self._velocity
+        scale = 1.0
+        if stamp is not None and self._stamp is not None and dt:
+            scale = float(np.clip((stamp - self._stamp) / dt, 0.0, 5.0))
+        T = self.T.copy()
+        T[:3, :3] = Rotation.from_rotvec(rotvec * scale).as_matrix() @ self.T[:3, :3]
+        T[:3, 3] = self.T[:3, 3] + translation * scale
+        return T
 
     def _colour_mask(self, image) -> np.ndarray:
         """Object mask of the full image from the colour models, limited to a band around the last
@@ -92,17 +107,19 @@ class Tracker:
                            size, size).alpha.numpy()
         self._update_colour_model(image, alpha, window)
 
-    def _refine(self, image, mask, K) -> RefineResult:
+    def _refine(self, image, mask, K, T_start) -> RefineResult:
         method = self.method
         if method == "auto":
             method = "adam" if self.obj.means.device.type == "cuda" else "gauss-newton"
         if method == "gauss-newton":
-            return align_pose(self.obj, image, mask, self.predicted(), K, self.align_config)
+            return align_pose(self.obj, image, mask, T_start, K, self.align_config)
         if method == "adam":
-            return refine_pose(self.obj, image, mask, self.predicted(), K, self.config)
+            return refine_pose(self.obj, image, mask, T_start, K, self.config)
         raise InputError(f"unknown tracking method {self.method!r} (auto, gauss-newton, adam)")
 
-    def step(self, image: np.ndarray, K: np.ndarray, mask: np.ndarray | None = None) -> TrackResult:
+    def step(self, image: np.ndarray, K: np.ndarray, mask: np.ndarray | None = None,
+             stamp: float | None = None) -> TrackResult:
+        """Track into a new frame; `stamp` (seconds) lets the prediction span dropped frames."""
         if self.T is None:
             raise InputError("tracker has no pose: call reset(T) with an initial pose first")
         start = time.perf_counter()
@@ -110,11 +127,13 @@ class Tracker:
             if self._hists is None:
                 self._bootstrap_colour_model(image, K)
             mask = self._colour_mask(image)
-        result = self._refine(image, mask, K)
+        result = self._refine(image, mask, K, self.predicted(stamp))
         kept = bool(result.ok and np.all(np.isfinite(result.T)))
         if kept:
-            self._velocity = result.T @ pose_inverse(self.T)
-            self.T = result.T
+            rotvec = Rotation.from_matrix(result.T[:3, :3] @ self.T[:3, :3].T).as_rotvec()
+            dt = stamp - self._stamp if stamp is not None and self._stamp is not None else None
+            self._velocity = (rotvec, result.T[:3, 3] - self.T[:3, 3], dt)
+            self.T, self._stamp = result.T, stamp
             self._update_colour_model(image, result.alpha, result.window)
         else:
             self._velocity = None

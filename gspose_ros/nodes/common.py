@@ -4,6 +4,7 @@ handling, camera image/info pairing by stamp, and the registered objects on disk
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from typing import Callable
 
@@ -98,9 +99,14 @@ class CameraPairing:
             nearest = min(self._infos, key=lambda s: abs(s - t))
             return self._infos[nearest] if abs(nearest - t) <= self.tolerance_ns else None
 
-    def frame(self, image_msg):
-        """(rgb, K, camera_info) of an image message; InputError when unusable or unpaired."""
+    def frame(self, image_msg, wait_s: float = 0.1):
+        """(rgb, K, camera_info) of an image message; InputError when unusable or unpaired.
+        The two topics arrive independently: the camera_info may trail its image a little."""
         info = self.info_for(image_msg)
+        deadline = time.monotonic() + wait_s
+        while info is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+            info = self.info_for(image_msg)
         if info is None:
             raise InputError("no camera_info with this image's stamp yet")
         rgb = image_to_rgb(image_msg)

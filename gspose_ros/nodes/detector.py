@@ -4,11 +4,14 @@ In:  /camera/image_raw (+ /camera/camera_info, paired by stamp), sensor-data QoS
 Out: /gspose/detections (DetectionArray: the image, its camera_info and one detection per
      registered object found, best candidate), /gspose/mask (mono8, all detections).
 Frames arriving while a frame is being processed replace each other (latest wins).
+Objects the refiner is tracking (/gspose/object_poses says so) are not searched for:
+detection resumes for an object once tracking loses it (or stops reporting it).
 """
 
 from __future__ import annotations
 
 import sys
+import time
 
 import numpy as np
 import rclpy
@@ -18,7 +21,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from ..core.detect import DetectorConfig, detect
 from ..core.errors import InputError
 from ..core.estimator import object_colour
-from ..msg import DetectionArray, ObjectDetection
+from ..msg import DetectionArray, ObjectDetection, ObjectPoseArray, ObjectPoseEstimate
 from .common import SENSOR_QOS, STAGE_QOS, CameraPairing, LatestSlot, RegisteredObjects, declare, spin_nodes
 from .conversions import mask_to_image
 
@@ -32,6 +35,8 @@ class DetectorNode(Node):
                                  "Colour similarity a mask needs to be passed on (0..1)")
         self.config = DetectorConfig(work_width=declare(self, "work_width", DetectorConfig.work_width,
                                                         "Width (px) of the copy proposals are searched in"))
+        self.skip_tracked_s = declare(self, "skip_tracked_s", 1.0,
+                                      "Do not search for an object tracked within this many seconds (0: always search)")
         tolerance = declare(self, "camera_info_tolerance_s", 0.05,
                             "Largest stamp difference accepted between an image and its camera_info")
         self.objects = RegisteredObjects(self, registry_dir, lambda _id, obj: object_colour(obj),
@@ -40,10 +45,24 @@ class DetectorNode(Node):
         self.pub = self.create_publisher(DetectionArray, "/gspose/detections", STAGE_QOS)
         self.mask_pub = self.create_publisher(Image, "/gspose/mask", STAGE_QOS)
         self.slot = LatestSlot(self.process, lambda e: self.get_logger().warning(f"frame skipped: {e}"))
+        self._tracked: dict[str, float] = {}  # object id -> monotonic time it was last reported tracked
+        self.create_subscription(ObjectPoseArray, "/gspose/object_poses", self.on_object_poses, 10)
         self.create_subscription(CameraInfo, "/camera/camera_info", self.pairing.add_info, SENSOR_QOS)
         self.create_subscription(Image, "/camera/image_raw", self.slot.put, SENSOR_QOS)
 
+    def on_object_poses(self, msg: ObjectPoseArray) -> None:
+        now = time.monotonic()
+        for p in msg.poses:
+            if p.status in (ObjectPoseEstimate.STATUS_REFINED, ObjectPoseEstimate.STATUS_TRACKED):
+                self._tracked[p.object_id] = now
+            else:
+                self._tracked.pop(p.object_id, None)
+
     def process(self, image_msg: Image) -> None:
+        now = time.monotonic()
+        wanted = [(i, c) for i, c in self.objects.items() if now - self._tracked.get(i, -1e9) > self.skip_tracked_s]
+        if not wanted:
+            return
         try:
             rgb, K, info = self.pairing.frame(image_msg)
         except InputError as exc:
@@ -51,7 +70,7 @@ class DetectorNode(Node):
             return
         out = DetectionArray(header=image_msg.header, image=image_msg, camera_info=info)
         union = np.zeros(rgb.shape[:2], bool)
-        for object_id, colour in self.objects.items():
+        for object_id, colour in wanted:
             found = [d for d in detect(rgb, colour, self.config)[:1] if d.score >= self.min_score]
             for d in found:
                 out.detections.append(ObjectDetection(object_id=object_id, score=float(d.score),

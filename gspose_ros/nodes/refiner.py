@@ -33,7 +33,16 @@ from ..core.track import Tracker
 from ..core.visualize import draw_overlay
 from ..msg import ObjectPoseArray, ObjectPoseEstimate
 from .common import SENSOR_QOS, STAGE_QOS, CameraPairing, LatestSlot, RegisteredObjects, declare, spin_nodes
-from .conversions import camera_info_to_K, image_to_mask, image_to_rgb, matrix_to_pose, matrix_to_pose_stamped, pose_to_matrix, rgb_to_image
+from .conversions import (
+    camera_info_to_K,
+    image_to_mask,
+    image_to_rgb,
+    matrix_to_pose,
+    matrix_to_pose_stamped,
+    pose_to_matrix,
+    rgb_to_image,
+    stamp_ns,
+)
 
 try:  # optional outputs: present on a full ROS 2 install, not in the pip wheels
     from geometry_msgs.msg import TransformStamped
@@ -63,6 +72,8 @@ class RefinerNode(Node):
         steps = declare(self, "refine_steps", 40, "Render-and-compare steps from an initial pose (paper: <= 400 on GPU)")
         self.min_score = declare(self, "min_score", 0.6, "Refined-pose check score (0..1) needed to report a pose")
         self.tracking = declare(self, "tracking", True, "Track found objects frame to frame (else refine every detection)")
+        self.min_track_confidence = declare(self, "min_track_confidence", 0.2,
+                                            "Tracking confidence (0..1) below which an object is declared lost")
         self.overlay = declare(self, "publish_overlay", True, "Publish /gspose/overlay (costs a render per object)")
         tolerance = declare(self, "camera_info_tolerance_s", 0.05,
                             "Largest stamp difference accepted between an image and its camera_info")
@@ -135,9 +146,10 @@ class RefinerNode(Node):
                 self.get_logger().warning(f"frame skipped: {exc}", throttle_duration_sec=5.0)
                 return
             results = []
+            stamp = stamp_ns(image_msg.header.stamp) / 1e9
             for object_id, track in active:
-                step = track.tracker.step(rgb, K)
-                if step.kept:
+                step = track.tracker.step(rgb, K, stamp=stamp)
+                if step.kept and step.refine.confidence >= self.min_track_confidence:
                     track.T, track.score = step.T, float(step.refine.confidence)
                     results.append((object_id, step.T, track.score, ObjectPoseEstimate.STATUS_TRACKED, [0.0] * 4))
                 else:

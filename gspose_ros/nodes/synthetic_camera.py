@@ -35,11 +35,13 @@ class SyntheticCameraNode(Node):
         rate = declare(self, "rate_hz", 30.0, "Publishing rate")
         self.frame_id = declare(self, "frame_id", "camera_optical_frame", "header.frame_id of images and poses")
         seed = declare(self, "seed", 0, "Sequence seed (motion and background)")
+        deg_per_s = declare(self, "rotation_deg_per_s", 15.0, "Object rotation speed")
+        mm_per_s = declare(self, "translation_mm_per_s", 30.0, "Object translation speed (peak)")
         if object_id not in synth.OBJECTS:
             raise ValueError(f"builtin_object must be one of {sorted(synth.OBJECTS)}")
         rng = np.random.default_rng(seed)
         start = look_at_pose(0.5, rng.uniform(0, 360), rng.uniform(-30, 60), rng.uniform(-30, 30))
-        self.poses = smooth_trajectory(start, int(n), rng)
+        self.poses = smooth_trajectory(start, int(n), rng, deg_per_s / rate, mm_per_s / rate)
         self.K = synth.DEFAULT_K
         self.get_logger().info(f"rendering {n} frames of built-in object {object_id}")
         self.frames = [rgb for rgb, _ in synth.render_sequence(synth.OBJECTS[object_id][1](), self.poses, self.K, seed)]

@@ -52,7 +52,6 @@ def main(argv=None) -> int:
     graph.start("detector", registry_dir=registry_dir)
     graph.start("retrieval", registry_dir=registry_dir)
     graph.start("refiner", registry_dir=registry_dir)
-    graph.start("synthetic_camera", builtin_object=a.builtin_object)
     rclpy.init()
     node = Node("gspose_demo_client")
     try:
@@ -71,6 +70,8 @@ def main(argv=None) -> int:
         if res is None or not res.success:
             raise RuntimeError(f"registration failed: {res.message if res else 'no answer'}")
         print(f"  {res.message}", flush=True)
+        # the camera starts now: during the build it would only compete for the CPU
+        graph.start("synthetic_camera", builtin_object=a.builtin_object)
 
         truth, received, statuses, overlays = {}, [], [], []
         node.create_subscription(PoseStamped, "/gspose/demo/ground_truth",
@@ -84,13 +85,17 @@ def main(argv=None) -> int:
             if len(overlays) < 60:
                 overlays.append(image_to_rgb(m))
         node.create_subscription(Image, "/gspose/overlay", keep_overlay, 5)
+        print("waiting for the first pose (nodes load the object, build templates, compile kernels) ...", flush=True)
+        deadline = time.monotonic() + 300.0
+        while not received and time.monotonic() < deadline:
+            rclpy.spin_once(node, timeout_sec=0.1)
         print(f"watching /object_pose for {a.seconds:.0f} s ...", flush=True)
+        received.clear()
+        statuses.clear()
+        first_truth = max(truth) if truth else None
         end = time.monotonic() + a.seconds
-        first_truth = None
         while time.monotonic() < end:
             rclpy.spin_once(node, timeout_sec=0.1)
-            if first_truth is None and truth:
-                first_truth = min(truth)
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
@@ -107,7 +112,7 @@ def main(argv=None) -> int:
             adds.append(metrics.add(pose_to_matrix(m.pose), truth[t], points))
     frames = len([t for t in truth if first_truth is not None and t >= first_truth])
     summary = {
-        "registration": res.message, "camera_frames": len(truth), "poses": len(received),
+        "registration": res.message, "watch_seconds": a.seconds, "camera_frames": frames, "poses": len(received),
         "poses_matched_to_truth": len(adds),
         "add_0.1d": float(np.mean(np.array(adds) < 0.1 * diameter)) if adds else 0.0,
         "add_median_mm": float(np.median(adds) * 1000) if adds else None,
@@ -124,7 +129,7 @@ def main(argv=None) -> int:
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     print("\n== gspose_ros demo summary (node graph over DDS) ==")
-    print(f"camera frames published   {summary['camera_frames']} (30 Hz)")
+    print(f"camera frames published   {summary['camera_frames']} in {a.seconds:.0f} s")
     print(f"poses on /object_pose     {summary['poses']} ({100 * summary['frames_without_pose']:.0f} % of frames "
           f"dropped while busy: latest wins)")
     if adds:
