@@ -41,7 +41,7 @@ class EstimatorConfig:
     template_viewpoints: int = 400  # ~10 deg apart
     template_inplane: int = 24  # 15 deg apart
     retrieval_top_k: int = 32  # silhouette matches re-ranked by render-and-compare
-    hypotheses: int = 2  # best-ranked hypotheses refined for the chosen candidate (each costs a refinement)
+    hypotheses: int = 1  # best-ranked hypotheses refined for the chosen candidate (each costs a refinement)
     refine: RefineConfig = field(default_factory=lambda: RefineConfig(max_steps=40, min_steps=20))
     # "not found" thresholds, set on synthetic scenes vs object-free clutter (RESULTS.md):
     min_score: float = 0.6  # the refined pose's check score (in [0, 1])

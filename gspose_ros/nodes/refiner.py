@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +28,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from ..core.errors import InputError
 from ..core.gaussians import GaussianObject
-from ..core.refine import RefineConfig, refine_pose
+from ..core.refine import AlignConfig, RefineConfig, refine_pose
 from ..core.retrieve import QueryCrop
 from ..core.track import Tracker
 from ..core.visualize import draw_overlay
@@ -72,9 +73,15 @@ class RefinerNode(Node):
         steps = declare(self, "refine_steps", 40, "Render-and-compare steps from an initial pose (paper: <= 400 on GPU)")
         self.min_score = declare(self, "min_score", 0.6, "Refined-pose check score (0..1) needed to report a pose")
         self.tracking = declare(self, "tracking", True, "Track found objects frame to frame (else refine every detection)")
+        coarse = declare(self, "track_coarse_iters", 3,
+                         "Gauss-Newton steps at 64 px per tracked frame (more: a wider reach when frames are dropped)")
+        self.track_align = AlignConfig(coarse_iters=coarse)
         self.min_track_confidence = declare(self, "min_track_confidence", 0.2,
                                             "Tracking confidence (0..1) below which an object is declared lost")
         self.overlay = declare(self, "publish_overlay", True, "Publish /gspose/overlay (costs a render per object)")
+        self.overlay_period = 1.0 / max(1e-3, declare(self, "overlay_max_hz", 5.0,
+                                                      "Most overlay images per second (the CPU belongs to tracking)"))
+        self._last_overlay = 0.0
         tolerance = declare(self, "camera_info_tolerance_s", 0.05,
                             "Largest stamp difference accepted between an image and its camera_info")
         self.refine_config = RefineConfig(max_steps=int(steps), min_steps=min(20, int(steps)))
@@ -120,7 +127,7 @@ class RefinerNode(Node):
                     continue
                 if score < self.min_score:
                     continue
-                tracker = Tracker(obj)
+                tracker = Tracker(obj, align_config=self.track_align)
                 tracker.reset(T)
                 self.tracks[est.object_id] = Track(tracker, T, score)
                 results.append((est.object_id, T, score, ObjectPoseEstimate.STATUS_REFINED, est.box))
@@ -176,7 +183,8 @@ class RefinerNode(Node):
                 self._broadcast_tf(header, object_id, T)
         if self.det3d_pub is not None:
             self._publish_detection3d(header, good)
-        if self.overlay and good:
+        if self.overlay and good and time.monotonic() - self._last_overlay >= self.overlay_period:
+            self._last_overlay = time.monotonic()
             image = rgb
             for object_id, T, score, *_ in good:
                 obj = self.objects.get(object_id)

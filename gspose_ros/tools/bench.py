@@ -24,6 +24,8 @@ import torch
 
 from ..core import bop, synth
 from ..core.build import BuildConfig, build_gaussian_object
+from ..core.detect import colour_model
+from ..core.estimator import COLOUR_KEY, Estimator
 from ..core.gaussians import GaussianObject, rgb_to_sh0
 from ..core.refine import RefineConfig, perturb_pose, refine_pose
 from ..core.render import look_at_pose, render
@@ -98,6 +100,15 @@ def bench_pipeline(quick):
             r = refine_pose(obj, img, m, perturb_pose(f.T, rng), f.K, RefineConfig())
             times.append(r.seconds)
         res["refine_ms_per_frame"] = 1000 * float(np.mean(times))
+        # the whole cascade with no ground truth: detect + retrieve + refine per 640x480 frame
+        obj.meta[COLOUR_KEY] = colour_model([v.image for v in views], [v.mask for v in views]).tolist()
+        estimator = Estimator()
+        estimator.add_object("duck", obj)
+        reports = [estimator.estimate_reports(f.load()[0], f.K)[0] for f in tests]
+        res["estimate_seconds_per_frame"] = float(np.mean([r.timings["total"] for r in reports]))
+        res["estimate_stage_seconds"] = {k: float(np.mean([r.timings[k] for r in reports]))
+                                         for k in ("detect", "retrieve", "refine")}
+        res["estimate_found_fraction"] = float(np.mean([r.pose is not None for r in reports]))
         poses = smooth_trajectory(tests[0].T, 30 if quick else 90, rng)
         seq = synth.render_sequence(synth.duck_object(), poses)
         tracker = Tracker(obj)
