@@ -19,6 +19,7 @@ try:
 
     from gspose_ros.nodes.conversions import K_to_camera_info, pose_to_matrix, register_request, rgb_to_image
     from gspose_ros.nodes.graph import NodeGraph
+    from gspose_ros.nodes.registration import reference_dir_views
     from gspose_ros.srv import ListObjects, RegisterObject, RemoveObject
     ROS_ERROR = None
 except ImportError as exc:  # not built / not sourced
@@ -31,6 +32,7 @@ if ROS_ERROR is not None:
 
 from gspose_ros.core import bop, metrics  # noqa: E402
 from gspose_ros.core.detect import colour_model  # noqa: E402
+from gspose_ros.core.errors import InputError  # noqa: E402
 from gspose_ros.core.estimator import COLOUR_KEY  # noqa: E402
 from gspose_ros.core.registry import Registry  # noqa: E402
 
@@ -94,6 +96,7 @@ def test_bad_registration_requests_fail_cleanly_and_nodes_stay_up(graph, dataset
     short_data = request()
     short_data.images[0].data = bytes(10)
     bad["truncated image"] = (short_data, "data bytes")
+    bad["reference_dir while disabled"] = (register_request("x", [], [], f.K, reference_dir="../../etc"), "disabled")
     for what, (req, expected) in bad.items():
         res = call(client, RegisterObject, "/register_object", req)
         assert not res.success, what
@@ -102,6 +105,18 @@ def test_bad_registration_requests_fail_cleanly_and_nodes_stay_up(graph, dataset
     assert not res.success and "unknown" in res.message
     assert all(g.alive().values()), g.alive()
     assert "duck" in call(client, ListObjects, "/list_objects", ListObjects.Request()).object_ids
+
+
+def test_reference_dir_must_stay_inside_its_root(dataset, tmp_path):
+    images, masks, poses, Ks = reference_dir_views("train/000003", dataset)
+    assert len(images) == len(masks) == len(poses) == len(Ks) == 32
+    with pytest.raises(InputError, match="outside"):
+        reference_dir_views("../..", dataset)
+    os.symlink("/etc", tmp_path / "escape")
+    with pytest.raises(InputError, match="outside"):
+        reference_dir_views("escape", str(tmp_path))
+    with pytest.raises(InputError, match="does not exist"):
+        reference_dir_views("train/999999", dataset)
 
 
 def test_register_list_and_remove_through_services(graph, dataset):
