@@ -122,3 +122,9 @@ def register_request(object_id: str, images, poses, K, masks=None, reference_dir
     if images:
         req.camera_info = K_to_camera_info(K, images[0].shape[1], images[0].shape[0])
     return req
+
+
+def carried_frame(msg) -> tuple[np.ndarray, np.ndarray]:
+    """(RGB, K) of the image and camera_info a stage message (DetectionArray, ObjectPoseArray) carries."""
+    rgb = image_to_rgb(msg.image)
+    return rgb, camera_info_to_K(msg.camera_info, rgb.shape[1], rgb.shape[0])

@@ -35,9 +35,8 @@ from ..core.visualize import draw_overlay
 from ..msg import ObjectPoseArray, ObjectPoseEstimate
 from .common import SENSOR_QOS, STAGE_QOS, CameraPairing, LatestSlot, RegisteredObjects, declare, spin_nodes
 from .conversions import (
-    camera_info_to_K,
+    carried_frame,
     image_to_mask,
-    image_to_rgb,
     matrix_to_pose,
     matrix_to_pose_stamped,
     pose_to_matrix,
@@ -105,8 +104,7 @@ class RefinerNode(Node):
     # --- detections: refine and (re)start tracking ------------------------------------
     def on_initial(self, msg: ObjectPoseArray) -> None:
         try:
-            rgb = image_to_rgb(msg.image)
-            K = camera_info_to_K(msg.camera_info, rgb.shape[1], rgb.shape[0])
+            rgb, K = carried_frame(msg)
         except InputError as exc:
             self.get_logger().warning(f"initial poses skipped: {exc}", throttle_duration_sec=5.0)
             return

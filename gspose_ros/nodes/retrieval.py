@@ -16,7 +16,7 @@ from ..core.errors import InputError
 from ..core.retrieve import build_template_bank, retrieve_pose
 from ..msg import DetectionArray, ObjectPoseArray, ObjectPoseEstimate
 from .common import STAGE_QOS, LatestSlot, RegisteredObjects, declare, spin_nodes
-from .conversions import camera_info_to_K, image_to_mask, image_to_rgb, matrix_to_pose
+from .conversions import carried_frame, image_to_mask, matrix_to_pose
 
 
 class RetrievalNode(Node):
@@ -36,8 +36,7 @@ class RetrievalNode(Node):
         if not msg.detections:
             return
         try:
-            rgb = image_to_rgb(msg.image)
-            K = camera_info_to_K(msg.camera_info, rgb.shape[1], rgb.shape[0])
+            rgb, K = carried_frame(msg)
         except InputError as exc:
             self.get_logger().warning(f"detections skipped: {exc}", throttle_duration_sec=5.0)
             return
