@@ -53,7 +53,7 @@ class EstimatorConfig:
 class ObjectPose:
     object_id: str
     T: np.ndarray  # (4, 4) T_camera_object, metres
-    score: float  # in [0, 1]: how well the render at T explains the detection (PoseCheck.score / 2)
+    score: float  # in [0, 1]: how well the render at T explains the detection (PoseCheck.confidence)
     mask: np.ndarray  # (H, W) bool, the detection
     box: np.ndarray  # (4,) x0, y0, x1, y1
     timings: dict  # seconds per stage: detect, retrieve, refine, total
@@ -201,9 +201,8 @@ class Estimator:
             for hyp in hypotheses[: self.config.hypotheses]:
                 T = self.refine(object_id, image, det.mask, hyp.T, K).T
                 check = query.check(gaussians, T)
-                score = float(np.clip(check.score / 2.0, 0.0, 1.0))
-                if np.all(np.isfinite(T)) and (best is None or score > best.score):
-                    best = ObjectPose(object_id, T, score, det.mask, det.box, timings, check, det.score, hyp.T)
+                if np.all(np.isfinite(T)) and (best is None or check.confidence > best.score):
+                    best = ObjectPose(object_id, T, check.confidence, det.mask, det.box, timings, check, det.score, hyp.T)
             timings["refine"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - start
         if best is not None and best.score < self.config.min_score:

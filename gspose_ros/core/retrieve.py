@@ -147,6 +147,11 @@ class PoseCheck:
         # box: 25 % -> 92 % right choices), orientation breaks shape ties
         return self.iou + self.orientation - 3.0 * self.chroma_error
 
+    @property
+    def confidence(self) -> float:
+        """score mapped to [0, 1] (2 = perfect silhouette and edges): what a pose is reported with."""
+        return float(np.clip(self.score / 2.0, 0.0, 1.0))
+
 
 class QueryCrop:
     """The query around its mask box at a fixed size: what hypotheses are checked against."""

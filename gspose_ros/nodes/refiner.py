@@ -135,7 +135,7 @@ class RefinerNode(Node):
     def _score(obj: GaussianObject, rgb, mask, box, T, K) -> float:
         if mask is None or not mask.any():
             return 1.0
-        return float(np.clip(QueryCrop(rgb, mask, box, K).check(obj, T).score / 2.0, 0.0, 1.0))
+        return QueryCrop(rgb, mask, box, K).check(obj, T).confidence
 
     # --- camera frames: track ----------------------------------------------------------
     def on_frame(self, image_msg: Image) -> None:

@@ -139,6 +139,9 @@ def evaluate_pipeline(args, ids, infos, log):
         for f in bop.load_split_frames(args.root, args.test_split, obj_id)[: args.max_frames]:
             images.setdefault((f.scene_id, f.im_id), {})[obj_id] = f
     rows = {obj_id: [] for obj_id in ids}
+    # per object, once: model points (ADD), diameter, symmetry
+    truth = {obj_id: (bop.load_model_points(args.root, obj_id), infos[obj_id]["diameter"] / 1000.0,
+                      bop.is_symmetric(infos[obj_id])) for obj_id in ids}
     false_positives, searches, object_seconds = 0, 0, []
     for key in sorted(images):
         present = images[key]
@@ -152,9 +155,7 @@ def evaluate_pipeline(args, ids, infos, log):
                 false_positives += report.pose is not None
                 continue
             f = present[obj_id]
-            info = infos[obj_id]
-            points, diameter = bop.load_model_points(args.root, obj_id), info["diameter"] / 1000.0
-            symmetric = bop.is_symmetric(info)
+            points, diameter, symmetric = truth[obj_id]
             _, gt_mask = f.load()
             pose = report.pose
             row = {"scene_id": f.scene_id, "im_id": f.im_id, "found": pose is not None, "timings": report.timings}
