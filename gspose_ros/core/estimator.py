@@ -4,9 +4,9 @@ estimate their poses in a query image with no ground truth.
     image --detect--> candidate masks --retrieve--> pose hypotheses --refine--> ObjectPose
 
 Registration builds, per object, everything the stages need: reference masks
-(co-segmentation when none are given), the 3DGO, the detector's colour model
-(stored in the 3DGO's metadata) and the retrieval template bank (rebuilt from
-the 3DGO when an object is loaded). A candidate becomes a pose only if its
+(co-segmentation when none are given), the 3DGO and the detector's colour model
+(stored in the 3DGO's metadata); the front end (frontend.py: weight-free or
+learned) derives the rest from the 3DGO when an object is added or loaded. A candidate becomes a pose only if its
 refined render agrees with the image (score >= min_score): that is how
 "not found" is decided.
 """
@@ -21,31 +21,28 @@ from typing import Callable
 import numpy as np
 
 from .build import BuildConfig, BuildProgress, build_gaussian_object
-from .detect import Detection, DetectorConfig, check_image, colour_model, detect
+from .detect import Detection, check_image, colour_model
 from .errors import InputError
+from .frontend import COLOUR_KEY, FrontEnd, FrontEndConfig, WeightFreeFrontEnd, make_frontend
 from .gaussians import GaussianObject
 from .geometry import check_intrinsics
 from .refine import RefineConfig, RefineResult, refine_pose
 from .registry import check_object_id
-from .retrieve import PoseCheck, PoseHypothesis, QueryCrop, TemplateBank, build_template_bank, retrieve_pose
-from .segment import SegmentConfig, cosegment
+from .retrieve import PoseCheck, PoseHypothesis, QueryCrop
 from .views import validate_views
 
-COLOUR_KEY = "detector_colour_hsv"
+__all__ = ["COLOUR_KEY", "Estimator", "EstimatorConfig", "ObjectPose", "EstimateReport", "build_object"]
 
 
 @dataclass
 class EstimatorConfig:
-    detector: DetectorConfig = field(default_factory=DetectorConfig)
-    segment: SegmentConfig = field(default_factory=SegmentConfig)
-    template_viewpoints: int = 400  # ~10 deg apart
-    template_inplane: int = 24  # 15 deg apart
+    frontend: FrontEndConfig = field(default_factory=FrontEndConfig)  # backend, detector, templates, ...
     retrieval_top_k: int = 32  # silhouette matches re-ranked by render-and-compare
     hypotheses: int = 1  # best-ranked hypotheses refined for the chosen candidate (each costs a refinement)
     refine: RefineConfig = field(default_factory=lambda: RefineConfig(max_steps=40, min_steps=20))
     # "not found" thresholds, set on synthetic scenes vs object-free clutter (RESULTS.md):
     min_score: float = 0.6  # the refined pose's check score (in [0, 1])
-    min_detection_score: float = 0.85  # the detection's colour similarity to the references
+    min_detection_score: float = 0.85  # the detection's score (weight-free: colour similarity to the references)
     max_candidates: int = 3  # detector candidates examined per object (each costs a retrieval)
 
 
@@ -58,7 +55,7 @@ class ObjectPose:
     box: np.ndarray  # (4,) x0, y0, x1, y1
     timings: dict  # seconds per stage: detect, retrieve, refine, total
     check: PoseCheck | None = None  # the render-and-compare evidence behind `score`
-    detection_score: float = 0.0  # the detector's colour similarity of the mask
+    detection_score: float = 0.0  # the detector's score of the mask
     T_initial: np.ndarray | None = None  # the retrieved pose refinement started from
 
 
@@ -75,8 +72,7 @@ class EstimateReport:
 class RegisteredObject:
     object_id: str
     gaussians: GaussianObject
-    colour: np.ndarray
-    templates: TemplateBank
+    prepared: object  # what the front end derived from the 3DGO (detector model, template bank)
 
 
 @dataclass
@@ -88,15 +84,15 @@ class Registration:
 
 
 def build_object(object_id: str, images, poses, K, masks=None, build_config: BuildConfig | None = None,
-                 segment_config: SegmentConfig | None = None,
+                 frontend: FrontEnd | None = None,
                  progress: Callable[[BuildProgress], None] | None = None) -> Registration:
-    """Registration proper: reference masks (co-segmented when `masks` is None or empty), the
-    3DGO and the detector's colour model. InputError names whatever is wrong with the input."""
+    """Registration proper: reference masks (co-segmented by `frontend` when `masks` is None or
+    empty), the 3DGO and the detector's colour model. InputError names whatever is wrong."""
     object_id = check_object_id(object_id)
     confidences = None
     if masks is None or len(masks) == 0:
         images = list(images)
-        seg = cosegment(images, poses, K, segment_config)
+        seg = (frontend or WeightFreeFrontEnd()).cosegment(images, poses, K)
         masks, confidences = seg.masks, seg.confidences
     views = validate_views(images, masks, poses, K)
     result = build_gaussian_object(views, build_config, progress=progress)
@@ -106,20 +102,13 @@ def build_object(object_id: str, images, poses, K, masks=None, build_config: Bui
     return Registration(obj, len(views), result.seconds, confidences)
 
 
-def object_colour(obj: GaussianObject) -> np.ndarray:
-    values = obj.meta.get(COLOUR_KEY)
-    arr = np.asarray(values if values is not None else [], dtype=np.float32)
-    if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr)) or arr.sum() <= 0:
-        raise InputError("3DGO has no detector colour model (register it again with this version)")
-    return arr / arr.sum()
-
-
 class Estimator:
     """Registered objects and the cascade that finds them. Thread-safe: registration of one
     object may run while estimate() serves the others."""
 
     def __init__(self, config: EstimatorConfig | None = None):
         self.config = config or EstimatorConfig()
+        self.frontend = make_frontend(self.config.frontend)
         self._objects: dict[str, RegisteredObject] = {}
         self._lock = threading.Lock()
 
@@ -127,16 +116,14 @@ class Estimator:
     def register(self, object_id: str, images, poses, K, masks=None, build_config: BuildConfig | None = None,
                  progress: Callable[[BuildProgress], None] | None = None) -> Registration:
         """Build an object from posed views (masks optional) and make it estimable."""
-        built = build_object(object_id, images, poses, K, masks, build_config, self.config.segment, progress)
+        built = build_object(object_id, images, poses, K, masks, build_config, self.frontend, progress)
         self.add_object(object_id, built.gaussians)
         return built
 
     def add_object(self, object_id: str, obj: GaussianObject) -> RegisteredObject:
         """Make a built (e.g. loaded) 3DGO estimable; replaces an object of the same id."""
         object_id = check_object_id(object_id)
-        cfg = self.config
-        registered = RegisteredObject(object_id, obj, object_colour(obj),
-                                      build_template_bank(obj, cfg.template_viewpoints, cfg.template_inplane))
+        registered = RegisteredObject(object_id, obj, self.frontend.prepare(obj))
         with self._lock:
             self._objects[object_id] = registered
         return registered
@@ -158,13 +145,13 @@ class Estimator:
     # --- estimation ---------------------------------------------------------------------
     def detect(self, object_id: str, image: np.ndarray) -> list[Detection]:
         """Stage 2 alone: candidate masks of one object, best first."""
-        cfg = self.config
-        return detect(image, self.get(object_id).colour, cfg.detector)[: cfg.max_candidates]
+        return self.frontend.detect(image, self.get(object_id).prepared, self.config.max_candidates)
 
     def initial_poses(self, object_id: str, image: np.ndarray, mask: np.ndarray, K) -> list[PoseHypothesis]:
         """Stage 3 alone: pose hypotheses for a detected mask, best (by their check score) first."""
         obj = self.get(object_id)
-        return retrieve_pose(obj.gaussians, obj.templates, image, mask, check_intrinsics(K), self.config.retrieval_top_k)
+        return self.frontend.retrieve(obj.gaussians, obj.prepared, image, mask, check_intrinsics(K),
+                                      self.config.retrieval_top_k)
 
     def refine(self, object_id: str, image: np.ndarray, mask: np.ndarray | None, T_init, K) -> RefineResult:
         """Stage 4 alone: render-and-compare refinement of one hypothesis."""

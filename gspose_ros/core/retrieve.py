@@ -64,42 +64,68 @@ def describe(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     return d / (np.linalg.norm(d) + 1e-9), box
 
 
-def build_template_bank(obj: GaussianObject, n_viewpoints: int = 400, n_inplane: int = 24) -> TemplateBank:
-    """Render n_viewpoints silhouettes; in-plane rotations are image rotations about the crop centre."""
+@dataclass
+class TemplateView:
+    """One retrieval template: a render of the 3DGO with the object on the optical axis
+    (so its egocentric rotation is allocentric), possibly rotated in the image plane."""
+
+    rgb: np.ndarray  # (S, S, 3) float32 in [0, 1], black background
+    alpha: np.ndarray  # (S, S) float32
+    rotation: np.ndarray  # (3, 3) allocentric rotation
+    origin_offset: np.ndarray  # (2,) object origin minus mask-box centre, in units of box side
+    area: float  # mask area (pixels)
+
+
+def template_views(obj: GaussianObject, n_viewpoints: int, n_inplane: int, size: int,
+                   span: float) -> tuple[list[TemplateView], float, float]:
+    """Renders from n_viewpoints spread over the sphere (Fibonacci), each rotated in-plane
+    n_inplane times; the object's diameter spans `span` of the image side.
+    Returns (views, camera distance, focal) - what converts a template match to a depth."""
     distance = 4.0 * obj.diameter
-    focal = TEMPLATE_SIZE * distance / (1.3 * obj.diameter)  # object spans ~75 % of the template
-    K = np.array([[focal, 0, (TEMPLATE_SIZE - 1) / 2], [0, focal, (TEMPLATE_SIZE - 1) / 2], [0, 0, 1.0]])
-    descs, rots, areas, offsets = [], [], [], []
-    centre = ((TEMPLATE_SIZE - 1) / 2, (TEMPLATE_SIZE - 1) / 2)
+    focal = span * size * distance / obj.diameter
+    K = np.array([[focal, 0, (size - 1) / 2], [0, focal, (size - 1) / 2], [0, 0, 1.0]])
+    centre = ((size - 1) / 2, (size - 1) / 2)
+    views = []
     for i in range(n_viewpoints):
         el = np.degrees(np.arcsin(1 - 2 * (i + 0.5) / n_viewpoints))
         az = np.degrees(i * np.pi * (3 - np.sqrt(5))) % 360
         T = look_at_pose(distance, az, el)
         with torch.no_grad():
-            alpha = render(obj, torch.from_numpy(T).float(), torch.from_numpy(K).float(),
-                           TEMPLATE_SIZE, TEMPLATE_SIZE).alpha.numpy()
+            out = render(obj, torch.from_numpy(T).float(), torch.from_numpy(K).float(), size, size,
+                         background=torch.zeros(3))
+        rgb, alpha = out.rgb.clamp(0, 1).numpy().astype(np.float32), out.alpha.numpy().astype(np.float32)
         for j in range(n_inplane):
             angle = 360.0 * j / n_inplane
             A = cv2.getRotationMatrix2D(centre, angle, 1.0)  # counter-clockwise in the image
-            r_mask = cv2.warpAffine(alpha.astype(np.float32), A, (TEMPLATE_SIZE, TEMPLATE_SIZE))
-            described = describe(r_mask)
-            if described is None:
+            r_alpha = cv2.warpAffine(alpha, A, (size, size))
+            box = mask_box(r_alpha > 0.5)
+            if box is None:
                 continue
-            d, box = described
             # a counter-clockwise image rotation is a rotation about the optical axis by -angle
             c, s = np.cos(np.radians(-angle)), np.sin(np.radians(-angle))
             Rz = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])
             side = max(box[2] - box[0], box[3] - box[1])
             box_centre = np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
             origin = project(np.zeros((1, 3)), make_pose(Rz @ T[:3, :3], Rz @ T[:3, 3]), K)[0]
-            descs.append(d)
-            rots.append(Rz @ T[:3, :3])
-            areas.append(float((r_mask > 0.5).sum()))
-            offsets.append((origin - box_centre) / side)
-    if not descs:
+            views.append(TemplateView(cv2.warpAffine(rgb, A, (size, size)), r_alpha, Rz @ T[:3, :3],
+                                      (origin - box_centre) / side, float((r_alpha > 0.5).sum())))
+    if not views:
         raise InputError("the object renders empty from every viewpoint: cannot build retrieval templates")
-    return TemplateBank(np.stack(descs).astype(np.float32), np.stack(rots), np.array(areas), np.stack(offsets),
+    return views, distance, focal
+
+
+def template_bank(views: list[TemplateView], descriptors: np.ndarray, distance: float, focal: float) -> TemplateBank:
+    return TemplateBank(np.asarray(descriptors, np.float32), np.stack([v.rotation for v in views]),
+                        np.array([v.area for v in views]), np.stack([v.origin_offset for v in views]),
                         distance, focal)
+
+
+def build_template_bank(obj: GaussianObject, n_viewpoints: int = 400, n_inplane: int = 24) -> TemplateBank:
+    """Silhouette templates (weight-free backend)."""
+    views, distance, focal = template_views(obj, n_viewpoints, n_inplane, TEMPLATE_SIZE, 1 / 1.3)
+    described = [describe(v.alpha) for v in views]
+    kept = [v for v, d in zip(views, described) if d is not None]
+    return template_bank(kept, np.stack([d[0] for d in described if d is not None]), distance, focal)
 
 
 def _pose_from_template(bank: TemplateBank, idx: int, mask_area: float, box: np.ndarray, K: np.ndarray) -> np.ndarray:
@@ -181,8 +207,10 @@ class QueryCrop:
 
 
 def retrieve_pose(obj: GaussianObject, bank: TemplateBank, image: np.ndarray, mask: np.ndarray, K: np.ndarray,
-                  top_k: int = 32) -> list[PoseHypothesis]:
-    """Pose hypotheses for the masked object in `image` (HxWx3 uint8 RGB), best first."""
+                  top_k: int = 32, descriptor: np.ndarray | None = None) -> list[PoseHypothesis]:
+    """Pose hypotheses for the masked object in `image` (HxWx3 uint8 RGB), best first.
+    `descriptor`: the query's, when the bank holds another backend's descriptors (default:
+    the mask's silhouette)."""
     mask = np.asarray(mask) > 0
     if mask.shape != image.shape[:2]:
         raise InputError(f"mask size {mask.shape} does not match image size {image.shape[:2]}")
@@ -190,6 +218,10 @@ def retrieve_pose(obj: GaussianObject, bank: TemplateBank, image: np.ndarray, ma
     if described is None:
         raise InputError("query mask is empty: nothing to retrieve a pose for")
     d, box = described
+    if descriptor is not None:
+        d = np.asarray(descriptor, np.float32)
+        if d.shape != bank.descriptors.shape[1:]:
+            raise InputError(f"query descriptor has shape {d.shape}, the template bank {bank.descriptors.shape[1:]}")
     sims = bank.descriptors @ d
     query = QueryCrop(image, mask, box, K)
     area = float(mask.sum())

@@ -75,6 +75,13 @@ def _bounding_radius(centre, poses, Ks, shapes) -> float:
     return float(radius)
 
 
+def object_sphere(poses, Ks, shapes) -> tuple[np.ndarray, float]:
+    """(centre, radius) in the object frame of a sphere holding the object, from the poses alone:
+    where the cameras look, as large as stays inside every image."""
+    centre = _axes_centre(poses)
+    return centre, _bounding_radius(centre, poses, Ks, shapes)
+
+
 def _project_points(points, T, K, shape) -> np.ndarray:
     """Boolean image of the projected points, closed into a filled region."""
     h, w = shape
@@ -151,8 +158,7 @@ def cosegment(images, poses, Ks, config: SegmentConfig | None = None) -> CoSegme
     cfg = config or SegmentConfig()
     images, poses, Ks = check_view_arrays(images, poses, Ks)
     shapes = [im.shape[:2] for im in images]
-    centre = _axes_centre(poses)
-    radius = _bounding_radius(centre, poses, Ks, shapes)
+    centre, radius = object_sphere(poses, Ks, shapes)
 
     # 2. object colours: inside the bounding sphere's projection vs outside, over all views
     circles, bins = [], []

@@ -3,6 +3,7 @@ handling, camera image/info pairing by stamp, and the registered objects on disk
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -15,7 +16,9 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from std_msgs.msg import String
 
+from ..core.detect import DetectorConfig
 from ..core.errors import InputError
+from ..core.frontend import FrontEndConfig
 from ..core.registry import Registry
 from .conversions import camera_info_to_K, image_to_rgb, stamp_ns
 
@@ -162,6 +165,42 @@ class RegisteredObjects:
         with self._lock:
             entry = self._objects.get(object_id)
         return None if entry is None else entry[1]
+
+
+def declare_frontend(node: Node, detection: bool = False, retrieval: bool = False) -> FrontEndConfig:
+    """The front-end backend parameters (and the detection / retrieval ones a node needs)."""
+    cfg = FrontEndConfig(
+        backend=declare(node, "backend", "weight_free",
+                        "Front end: weight_free (CPU, no files) or learned (GS-Pose network, needs model_weights)"),
+        learned={
+            "model_weights": declare(node, "model_weights", "",
+                                     "learned: GS-Pose model_weights.pth / .safetensors (local path, never downloaded)"),
+            "dinov2_weights": declare(node, "dinov2_weights", "",
+                                      "learned: DINOv2 ViT-B/14 checkpoint, if model_weights lacks the backbone"),
+            "device": declare(node, "device", "cpu", "learned: torch device for the network (cpu, cuda, cuda:1)"),
+        })
+    if detection:
+        cfg.detector = DetectorConfig(work_width=declare(node, "work_width", DetectorConfig.work_width,
+                                                         "weight_free: width (px) of the copy proposals are searched in"))
+    if retrieval:
+        cfg.template_viewpoints = declare(node, "template_viewpoints", cfg.template_viewpoints,
+                                          "weight_free: template viewpoints over the sphere (~10 deg apart)")
+        cfg.template_inplane = declare(node, "template_inplane", cfg.template_inplane,
+                                       "weight_free: in-plane rotations per viewpoint (15 deg apart)")
+    return cfg
+
+
+def run_nodes(node_classes: list[type], argv=None) -> int:
+    """rclpy.init, construct the nodes, spin them. A node that cannot start (e.g. a checkpoint
+    that is missing or does not fit) says why on stderr and the process exits with status 2."""
+    rclpy.init(args=argv if argv is not None else sys.argv)
+    try:
+        nodes = [cls() for cls in node_classes]
+    except InputError as exc:
+        print(f"gspose_ros: cannot start: {exc}", file=sys.stderr, flush=True)
+        rclpy.try_shutdown()
+        return 2
+    return spin_nodes(nodes)
 
 
 def spin_nodes(nodes: list[Node]) -> int:

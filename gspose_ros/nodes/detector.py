@@ -10,19 +10,16 @@ detection resumes for an object once tracking loses it (or stops reporting it).
 
 from __future__ import annotations
 
-import sys
 import time
 
 import numpy as np
-import rclpy
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 
-from ..core.detect import DetectorConfig, detect
 from ..core.errors import InputError
-from ..core.estimator import object_colour
+from ..core.frontend import make_frontend
 from ..msg import DetectionArray, ObjectDetection, ObjectPoseArray, ObjectPoseEstimate
-from .common import SENSOR_QOS, STAGE_QOS, CameraPairing, LatestSlot, RegisteredObjects, declare, spin_nodes
+from .common import SENSOR_QOS, STAGE_QOS, CameraPairing, LatestSlot, RegisteredObjects, declare, declare_frontend, run_nodes
 from .conversions import mask_to_image
 
 
@@ -32,14 +29,13 @@ class DetectorNode(Node):
         registry_dir = declare(self, "registry_dir", "~/.gspose_ros/objects", "Directory of registered objects")
         only = declare(self, "object_ids", [""], "Objects to look for ([''] or []: every registered object)")
         self.min_score = declare(self, "min_detection_score", 0.85,
-                                 "Colour similarity a mask needs to be passed on (0..1)")
-        self.config = DetectorConfig(work_width=declare(self, "work_width", DetectorConfig.work_width,
-                                                        "Width (px) of the copy proposals are searched in"))
+                                 "Detection score a mask needs to be passed on (0..1; weight_free: colour similarity)")
+        self.frontend = make_frontend(declare_frontend(self, detection=True))
         self.skip_tracked_s = declare(self, "skip_tracked_s", 1.0,
                                       "Do not search for an object tracked within this many seconds (0: always search)")
         tolerance = declare(self, "camera_info_tolerance_s", 0.05,
                             "Largest stamp difference accepted between an image and its camera_info")
-        self.objects = RegisteredObjects(self, registry_dir, lambda _id, obj: object_colour(obj),
+        self.objects = RegisteredObjects(self, registry_dir, lambda _id, obj: self.frontend.prepare(obj, False),
                                          [o for o in only if o])
         self.pairing = CameraPairing(tolerance)
         self.pub = self.create_publisher(DetectionArray, "/gspose/detections", STAGE_QOS)
@@ -70,8 +66,8 @@ class DetectorNode(Node):
             return
         out = DetectionArray(header=image_msg.header, image=image_msg, camera_info=info)
         union = np.zeros(rgb.shape[:2], bool)
-        for object_id, colour in wanted:
-            found = [d for d in detect(rgb, colour, self.config)[:1] if d.score >= self.min_score]
+        for object_id, prepared in wanted:
+            found = [d for d in self.frontend.detect(rgb, prepared, 1) if d.score >= self.min_score]
             for d in found:
                 out.detections.append(ObjectDetection(object_id=object_id, score=float(d.score),
                                                       box=[float(v) for v in d.box],
@@ -82,5 +78,4 @@ class DetectorNode(Node):
 
 
 def main(argv=None) -> int:
-    rclpy.init(args=argv if argv is not None else sys.argv)
-    return spin_nodes([DetectorNode()])
+    return run_nodes([DetectorNode], argv)

@@ -3,11 +3,7 @@ copies of images), for robots that prefer that: `ros2 run gspose_ros pose_pipeli
 
 from __future__ import annotations
 
-import sys
-
-import rclpy
-
-from .common import spin_nodes
+from .common import run_nodes
 from .detector import DetectorNode
 from .refiner import RefinerNode
 from .registration import RegistrationNode
@@ -15,5 +11,4 @@ from .retrieval import RetrievalNode
 
 
 def main(argv=None) -> int:
-    rclpy.init(args=argv if argv is not None else sys.argv)
-    return spin_nodes([RegistrationNode(), DetectorNode(), RetrievalNode(), RefinerNode()])
+    return run_nodes([RegistrationNode, DetectorNode, RetrievalNode, RefinerNode], argv)

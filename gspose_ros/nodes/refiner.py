@@ -14,13 +14,11 @@ frame until the tracker loses it; then the next detection re-initialises it.
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from dataclasses import dataclass
 
 import numpy as np
-import rclpy
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
@@ -33,7 +31,7 @@ from ..core.retrieve import QueryCrop
 from ..core.track import Tracker
 from ..core.visualize import draw_overlay
 from ..msg import ObjectPoseArray, ObjectPoseEstimate
-from .common import SENSOR_QOS, STAGE_QOS, CameraPairing, LatestSlot, RegisteredObjects, declare, spin_nodes
+from .common import SENSOR_QOS, STAGE_QOS, CameraPairing, LatestSlot, RegisteredObjects, declare, run_nodes
 from .conversions import (
     carried_frame,
     image_to_mask,
@@ -228,5 +226,4 @@ class RefinerNode(Node):
 
 
 def main(argv=None) -> int:
-    rclpy.init(args=argv if argv is not None else sys.argv)
-    return spin_nodes([RefinerNode()])
+    return run_nodes([RefinerNode], argv)

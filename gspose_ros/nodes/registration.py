@@ -10,11 +10,9 @@ pick it up. A failed build leaves the previous version of the object in service.
 from __future__ import annotations
 
 import os
-import sys
 import threading
 
 import numpy as np
-import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
 from std_msgs.msg import String
@@ -23,9 +21,10 @@ from ..core import bop
 from ..core.build import BuildConfig, BuildProgress
 from ..core.errors import InputError
 from ..core.estimator import build_object
+from ..core.frontend import make_frontend
 from ..core.registry import Registry, check_object_id
 from ..srv import ListObjects, RegisterObject, RemoveObject
-from .common import EVENTS_QOS, REGISTRY_EVENTS, declare, spin_nodes
+from .common import EVENTS_QOS, REGISTRY_EVENTS, declare, declare_frontend, run_nodes
 from .conversions import camera_info_to_K, image_to_mask, image_to_rgb, pose_to_matrix
 
 MAX_VIEWS = 512
@@ -86,6 +85,8 @@ class RegistrationNode(Node):
                                         "3DGO optimisation steps per registration (2500: ~1.5 min on 2 CPU cores)")
         self.reference_root = declare(self, "reference_root", "",
                                       "Root under which RegisterObject.reference_dir may point ('' disables it)")
+        # co-segments reference views that come without masks
+        self.frontend = make_frontend(declare_frontend(self))
         self.events = self.create_publisher(String, REGISTRY_EVENTS, EVENTS_QOS)
         self.progress = self.create_publisher(String, "/gspose/registration_progress", 10)
         self._building: set[str] = set()
@@ -111,7 +112,7 @@ class RegistrationNode(Node):
                 self._building.add(object_id)
             try:
                 built = build_object(object_id, images, poses, K, masks or None,
-                                     BuildConfig(iterations=int(self.build_iterations)),
+                                     BuildConfig(iterations=int(self.build_iterations)), self.frontend,
                                      progress=lambda p: self._report(object_id, p))
                 version = self.registry.save(object_id, built.gaussians, {
                     "views_used": built.views_used, "build_seconds": built.build_seconds,
@@ -157,5 +158,4 @@ class RegistrationNode(Node):
 
 
 def main(argv=None) -> int:
-    rclpy.init(args=argv if argv is not None else sys.argv)
-    return spin_nodes([RegistrationNode()])
+    return run_nodes([RegistrationNode], argv)

@@ -7,15 +7,12 @@ Out: /gspose/initial_poses (ObjectPoseArray, STATUS_INITIAL, with the image and 
 
 from __future__ import annotations
 
-import sys
-
-import rclpy
 from rclpy.node import Node
 
 from ..core.errors import InputError
-from ..core.retrieve import build_template_bank, retrieve_pose
+from ..core.frontend import make_frontend
 from ..msg import DetectionArray, ObjectPoseArray, ObjectPoseEstimate
-from .common import STAGE_QOS, LatestSlot, RegisteredObjects, declare, spin_nodes
+from .common import STAGE_QOS, LatestSlot, RegisteredObjects, declare, declare_frontend, run_nodes
 from .conversions import carried_frame, image_to_mask, matrix_to_pose
 
 
@@ -23,11 +20,9 @@ class RetrievalNode(Node):
     def __init__(self, **kwargs):
         super().__init__("gspose_retrieval", **kwargs)
         registry_dir = declare(self, "registry_dir", "~/.gspose_ros/objects", "Directory of registered objects")
-        self.top_k = declare(self, "retrieval_top_k", 32, "Silhouette matches re-ranked by render-and-compare")
-        viewpoints = declare(self, "template_viewpoints", 400, "Template viewpoints over the sphere (~10 deg apart)")
-        inplane = declare(self, "template_inplane", 24, "In-plane rotations per viewpoint (15 deg apart)")
-        self.objects = RegisteredObjects(
-            self, registry_dir, lambda _id, obj: (obj, build_template_bank(obj, viewpoints, inplane)))
+        self.top_k = declare(self, "retrieval_top_k", 32, "Template matches re-ranked by render-and-compare")
+        self.frontend = make_frontend(declare_frontend(self, retrieval=True))
+        self.objects = RegisteredObjects(self, registry_dir, lambda _id, obj: (obj, self.frontend.prepare(obj)))
         self.pub = self.create_publisher(ObjectPoseArray, "/gspose/initial_poses", STAGE_QOS)
         self.slot = LatestSlot(self.process, lambda e: self.get_logger().warning(f"detections skipped: {e}"))
         self.create_subscription(DetectionArray, "/gspose/detections", self.slot.put, STAGE_QOS)
@@ -45,9 +40,9 @@ class RetrievalNode(Node):
             entry = self.objects.get(det.object_id)
             if entry is None:
                 continue
-            obj, bank = entry
+            obj, prepared = entry
             try:
-                best = retrieve_pose(obj, bank, rgb, image_to_mask(det.mask), K, self.top_k)[0]
+                best = self.frontend.retrieve(obj, prepared, rgb, image_to_mask(det.mask), K, self.top_k)[0]
             except InputError as exc:
                 self.get_logger().warning(f"{det.object_id}: {exc}", throttle_duration_sec=5.0)
                 continue
@@ -59,5 +54,4 @@ class RetrievalNode(Node):
 
 
 def main(argv=None) -> int:
-    rclpy.init(args=argv if argv is not None else sys.argv)
-    return spin_nodes([RetrievalNode()])
+    return run_nodes([RetrievalNode], argv)

@@ -9,16 +9,14 @@ Out: /camera/image_raw (rgb8) and /camera/camera_info with identical stamps, and
 from __future__ import annotations
 
 import os
-import sys
 
 import numpy as np
-import rclpy
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
-from .common import SENSOR_QOS, declare, spin_nodes
+from .common import SENSOR_QOS, declare, run_nodes
 from .conversions import K_to_camera_info, matrix_to_pose_stamped, rgb_to_image
 
 
@@ -65,5 +63,4 @@ class SyntheticCameraNode(Node):
 
 
 def main(argv=None) -> int:
-    rclpy.init(args=argv if argv is not None else sys.argv)
-    return spin_nodes([SyntheticCameraNode()])
+    return run_nodes([SyntheticCameraNode], argv)

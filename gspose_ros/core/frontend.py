@@ -1,0 +1,114 @@
+"""The front of the cascade behind one interface, with two backends (DESIGN.md):
+
+    weight_free  colour co-segmentation, colour detector, silhouette template retrieval (CPU, no files)
+    learned      GS-Pose's network: co-segmenter, query segmentation, RA-encoder retrieval
+                 (checkpoints from local paths; CPU or CUDA)
+
+Both give the same things: reference masks at registration (`cosegment`), per-object
+state derived from a 3DGO (`prepare`), candidate masks in an image (`detect`) and pose
+hypotheses for a mask (`retrieve`). The Estimator and the ROS nodes pick one with
+`make_frontend`, so the two backends cannot drift apart between them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .detect import Detection, DetectorConfig, detect
+from .errors import InputError
+from .gaussians import GaussianObject
+from .retrieve import PoseHypothesis, TemplateBank, build_template_bank, retrieve_pose
+from .segment import CoSegmentation, SegmentConfig, cosegment
+
+BACKENDS = ("weight_free", "learned")
+COLOUR_KEY = "detector_colour_hsv"  # where registration stores the colour model in the 3DGO's metadata
+
+
+@dataclass
+class FrontEndConfig:
+    backend: str = "weight_free"
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
+    template_viewpoints: int = 400  # ~10 deg apart
+    template_inplane: int = 24  # 15 deg apart
+    # the learned backend's settings (LearnedConfig fields: model_weights, dinov2_weights, device, ...)
+    learned: dict = field(default_factory=dict)
+
+
+def object_colour(obj: GaussianObject) -> np.ndarray:
+    values = obj.meta.get(COLOUR_KEY)
+    arr = np.asarray(values if values is not None else [], dtype=np.float32)
+    if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr)) or arr.sum() <= 0:
+        raise InputError("3DGO has no detector colour model (register it again with this version)")
+    return arr / arr.sum()
+
+
+class FrontEnd:
+    """What both backends share: retrieval = the backend's descriptor of the query against its
+    template bank, translation from the mask, then render-and-compare ranking."""
+
+    name = ""
+
+    def cosegment(self, images, poses, Ks) -> CoSegmentation:
+        raise NotImplementedError
+
+    def prepare(self, obj: GaussianObject, with_bank: bool = True):
+        """Per-object state (has .bank when with_bank)."""
+        raise NotImplementedError
+
+    def detect(self, image: np.ndarray, prepared, max_candidates: int = 3) -> list[Detection]:
+        raise NotImplementedError
+
+    def describe(self, image: np.ndarray, mask: np.ndarray, prepared) -> np.ndarray | None:
+        """The query's descriptor for the bank; None = the mask's silhouette."""
+        raise NotImplementedError
+
+    def retrieve(self, obj: GaussianObject, prepared, image: np.ndarray, mask: np.ndarray, K: np.ndarray,
+                 top_k: int = 32) -> list[PoseHypothesis]:
+        if prepared.bank is None:
+            raise InputError("this object was prepared for detection only (no retrieval bank)")
+        return retrieve_pose(obj, prepared.bank, image, mask, K, top_k, self.describe(image, mask, prepared))
+
+
+@dataclass
+class WeightFreeObject:
+    colour: np.ndarray  # the detector's colour model
+    bank: TemplateBank | None
+
+
+class WeightFreeFrontEnd(FrontEnd):
+    name = "weight_free"
+
+    def __init__(self, config: FrontEndConfig | None = None):
+        self.config = config or FrontEndConfig()
+
+    def cosegment(self, images, poses, Ks) -> CoSegmentation:
+        return cosegment(images, poses, Ks, self.config.segment)
+
+    def prepare(self, obj: GaussianObject, with_bank: bool = True) -> WeightFreeObject:
+        cfg = self.config
+        bank = build_template_bank(obj, cfg.template_viewpoints, cfg.template_inplane) if with_bank else None
+        return WeightFreeObject(object_colour(obj), bank)
+
+    def detect(self, image: np.ndarray, prepared: WeightFreeObject, max_candidates: int = 3) -> list[Detection]:
+        return detect(image, prepared.colour, self.config.detector)[:max_candidates]
+
+    def describe(self, image, mask, prepared) -> None:
+        return None
+
+
+def make_frontend(config: FrontEndConfig | None = None) -> FrontEnd:
+    """The backend `config.backend` names; the learned one loads its checkpoints now, so a
+    missing or mismatched file is reported at start-up, not at the first image."""
+    config = config or FrontEndConfig()
+    if config.backend == "weight_free":
+        return WeightFreeFrontEnd(config)
+    if config.backend == "learned":
+        from .learned import LearnedConfig, LearnedFrontEnd  # torch network: only when asked for
+        unknown = set(config.learned) - set(LearnedConfig.__dataclass_fields__)
+        if unknown:
+            raise InputError(f"unknown learned-backend settings: {sorted(unknown)}")
+        return LearnedFrontEnd(LearnedConfig(**config.learned))
+    raise InputError(f"unknown backend {config.backend!r} (choose one of {', '.join(BACKENDS)})")
