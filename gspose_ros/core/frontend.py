@@ -71,6 +71,19 @@ class FrontEnd:
             raise InputError("this object was prepared for detection only (no retrieval bank)")
         return retrieve_pose(obj, prepared.bank, image, mask, K, top_k, self.describe(image, mask, prepared))
 
+    def retrieve_best(self, obj: GaussianObject, prepared, image: np.ndarray, masks: list[np.ndarray], K: np.ndarray,
+                      top_k: int = 32) -> tuple[int, list[PoseHypothesis]] | None:
+        """Retrieval on every candidate mask of one object; (index of the candidate whose best
+        hypothesis checks best, its hypotheses), or None when no mask gives any. Retrieval is cheap
+        and its check already says which candidate looks like the object, so only that one need
+        pay for a refinement."""
+        best = None
+        for i, mask in enumerate(masks):
+            hypotheses = self.retrieve(obj, prepared, image, mask, K, top_k)
+            if hypotheses and (best is None or hypotheses[0].score > best[1][0].score):
+                best = (i, hypotheses)
+        return best
+
 
 @dataclass
 class WeightFreeObject:

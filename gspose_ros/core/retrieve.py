@@ -2,10 +2,18 @@
 
 Templates are renders of the 3DGO from viewpoints spread over the sphere with
 the object on the optical axis (so egocentric = allocentric rotation), each
-also rotated in the image plane. Retrieval matches silhouettes: the query's
+also rotated in the image plane. Retrieval matches silhouettes first: the query's
 lighting is unknown and differs from the references', and measured on
-pyrender queries, colour and shading descriptors ranked the right template
-far down (hundreds) while the silhouette kept it in the first few dozen.
+pyrender queries, colour and shading descriptors alone ranked the right template
+far down (hundreds) while the silhouette kept it in the first few dozen. A
+textured object's silhouette is ambiguous, though (a box looks alike from many
+sides), and an imperfect detected mask pushes the right template out of those
+dozens; chromaticity (colour with intensity divided out) added to the silhouette
+brings it back. The candidates are therefore taken alternately from the two
+rankings, silhouette and silhouette + chromaticity: for a textured box the share
+of queries whose chosen rotation is within 20 deg rose from 3/10 to 6/10 (detected
+masks), and a uniformly coloured object (whose chromaticity is noise) keeps its
+silhouette candidates.
 As in the paper, the translation comes from the mask: the scale ratio
 delta_s = sqrt(query mask area / template mask area) sets the depth, the box
 centre (plus the template's origin offset) the ray. The top-k hypotheses are
@@ -42,6 +50,7 @@ class TemplateBank:
     origin_offsets: np.ndarray  # (M, 2) object origin minus mask-box centre, in units of box side
     distance: float  # template camera distance (m)
     focal: float  # template focal length (px)
+    colour: np.ndarray | None = None  # (M, D') unit chromaticity descriptors (weight-free bank)
 
 
 @dataclass
@@ -62,6 +71,37 @@ def describe(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     m = crop_image(mask.astype(np.float32), window, cv2.INTER_AREA).reshape(-1)
     d = m - m.mean()
     return d / (np.linalg.norm(d) + 1e-9), box
+
+
+def describe_colour(rgb: np.ndarray, mask: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """Chromaticity (r, g) pattern inside the mask, in the same box crop as `describe`:
+    mean-removed inside the mask, zero outside, unit-normalised. rgb: uint8, or float in [0, 1]."""
+    window = crop_window_from_box(box, DESC_SIZE, PAD)
+    crop = crop_image(rgb, window, cv2.INTER_AREA).astype(np.float32) / (255.0 if rgb.dtype == np.uint8 else 1.0)
+    chroma = chromaticity(crop)[..., :2]
+    inside = crop_image(mask.astype(np.float32), window, cv2.INTER_AREA) > 0.5
+    d = np.zeros_like(chroma)
+    if inside.any():
+        d[inside] = chroma[inside] - chroma[inside].mean(0)
+    d = d.reshape(-1)
+    return d / (np.linalg.norm(d) + 1e-9)
+
+
+def candidate_templates(bank: TemplateBank, silhouette: np.ndarray, colour: np.ndarray | None, k: int) -> list[int]:
+    """k distinct template indices, taken alternately from the silhouette ranking and the
+    silhouette + chromaticity ranking (silhouette alone when there is no colour)."""
+    by_shape = np.argsort(-(bank.descriptors @ silhouette))
+    if colour is None or bank.colour is None:
+        return [int(i) for i in by_shape[:k]]
+    by_both = np.argsort(-(bank.descriptors @ silhouette + bank.colour @ colour))
+    picked: dict[int, None] = {}
+    for a, b in zip(by_shape, by_both):
+        for idx in (int(a), int(b)):
+            if len(picked) < k:
+                picked.setdefault(idx)
+        if len(picked) >= k:
+            break
+    return list(picked)
 
 
 @dataclass
@@ -114,18 +154,24 @@ def template_views(obj: GaussianObject, n_viewpoints: int, n_inplane: int, size:
     return views, distance, focal
 
 
-def template_bank(views: list[TemplateView], descriptors: np.ndarray, distance: float, focal: float) -> TemplateBank:
+def template_bank(views: list[TemplateView], descriptors: np.ndarray, distance: float, focal: float,
+                  colour: np.ndarray | None = None) -> TemplateBank:
     return TemplateBank(np.asarray(descriptors, np.float32), np.stack([v.rotation for v in views]),
                         np.array([v.area for v in views]), np.stack([v.origin_offset for v in views]),
-                        distance, focal)
+                        distance, focal, None if colour is None else np.asarray(colour, np.float32))
 
 
 def build_template_bank(obj: GaussianObject, n_viewpoints: int = 400, n_inplane: int = 24) -> TemplateBank:
-    """Silhouette templates (weight-free backend)."""
+    """Silhouette + chromaticity templates (weight-free backend)."""
     views, distance, focal = template_views(obj, n_viewpoints, n_inplane, TEMPLATE_SIZE, 1 / 1.3)
-    described = [describe(v.alpha) for v in views]
-    kept = [v for v, d in zip(views, described) if d is not None]
-    return template_bank(kept, np.stack([d[0] for d in described if d is not None]), distance, focal)
+    shapes, colours, kept = [], [], []
+    for v in views:
+        described = describe(v.alpha)
+        if described is not None:
+            shapes.append(described[0])
+            colours.append(describe_colour(v.rgb, v.alpha, described[1]))
+            kept.append(v)
+    return template_bank(kept, np.stack(shapes), distance, focal, np.stack(colours))
 
 
 def _pose_from_template(bank: TemplateBank, idx: int, mask_area: float, box: np.ndarray, K: np.ndarray) -> np.ndarray:
@@ -218,15 +264,18 @@ def retrieve_pose(obj: GaussianObject, bank: TemplateBank, image: np.ndarray, ma
     if described is None:
         raise InputError("query mask is empty: nothing to retrieve a pose for")
     d, box = described
+    colour = None
     if descriptor is not None:
         d = np.asarray(descriptor, np.float32)
         if d.shape != bank.descriptors.shape[1:]:
             raise InputError(f"query descriptor has shape {d.shape}, the template bank {bank.descriptors.shape[1:]}")
+    elif bank.colour is not None:
+        colour = describe_colour(image, mask, box)
     sims = bank.descriptors @ d
     query = QueryCrop(image, mask, box, K)
     area = float(mask.sum())
     hypotheses = []
-    for idx in np.argsort(-sims)[:top_k]:
+    for idx in candidate_templates(bank, d, colour, top_k):
         T = _pose_from_template(bank, int(idx), area, box, K)
         check = query.check(obj, T)
         hypotheses.append(PoseHypothesis(T, float(sims[idx]), check.iou, check.score))

@@ -26,7 +26,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from ..core.errors import InputError
 from ..core.gaussians import GaussianObject
-from ..core.refine import AlignConfig, RefineConfig, refine_pose
+from ..core.refine import AlignConfig, cascade_refine_config, refine_pose
 from ..core.retrieve import QueryCrop
 from ..core.track import Tracker
 from ..core.visualize import draw_overlay
@@ -81,7 +81,7 @@ class RefinerNode(Node):
         self._last_overlay = 0.0
         tolerance = declare(self, "camera_info_tolerance_s", 0.05,
                             "Largest stamp difference accepted between an image and its camera_info")
-        self.refine_config = RefineConfig(max_steps=int(steps), min_steps=min(20, int(steps)))
+        self.refine_config = cascade_refine_config(int(steps))
         self.objects = RegisteredObjects(self, registry_dir, lambda _id, obj: obj)
         self.tracks: dict[str, Track] = {}
         self.pairing = CameraPairing(tolerance)

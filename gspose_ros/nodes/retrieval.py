@@ -1,8 +1,9 @@
 """Initial-pose node: detections -> initial poses by template retrieval (GS-Pose stage 3).
 
-In:  /gspose/detections (DetectionArray).
-Out: /gspose/initial_poses (ObjectPoseArray, STATUS_INITIAL, with the image and camera_info
-     for the refiner). Latest wins when detections arrive faster than retrieval runs.
+In:  /gspose/detections (DetectionArray; several candidates per object, best first).
+Out: /gspose/initial_poses (ObjectPoseArray, STATUS_INITIAL, one pose per object: the best
+     hypothesis of its best-checking candidate, as the Estimator chooses; with the image and
+     camera_info for the refiner). Latest wins when detections arrive faster than retrieval runs.
 """
 
 from __future__ import annotations
@@ -36,17 +37,25 @@ class RetrievalNode(Node):
             self.get_logger().warning(f"detections skipped: {exc}", throttle_duration_sec=5.0)
             return
         out = ObjectPoseArray(header=msg.header, image=msg.image, camera_info=msg.camera_info)
+        candidates: dict[str, list] = {}  # the detector sends up to max_candidates per object, best first
         for det in msg.detections:
-            entry = self.objects.get(det.object_id)
+            candidates.setdefault(det.object_id, []).append(det)
+        for object_id, dets in candidates.items():
+            entry = self.objects.get(object_id)
             if entry is None:
                 continue
             obj, prepared = entry
             try:
-                best = self.frontend.retrieve(obj, prepared, rgb, image_to_mask(det.mask), K, self.top_k)[0]
+                retrieved = self.frontend.retrieve_best(obj, prepared, rgb, [image_to_mask(d.mask) for d in dets], K,
+                                                        self.top_k)
             except InputError as exc:
-                self.get_logger().warning(f"{det.object_id}: {exc}", throttle_duration_sec=5.0)
+                self.get_logger().warning(f"{object_id}: {exc}", throttle_duration_sec=5.0)
                 continue
-            out.poses.append(ObjectPoseEstimate(object_id=det.object_id, pose=matrix_to_pose(best.T),
+            if retrieved is None:
+                continue
+            index, hypotheses = retrieved
+            det = dets[index]
+            out.poses.append(ObjectPoseEstimate(object_id=object_id, pose=matrix_to_pose(hypotheses[0].T),
                                                 score=float(det.score), status=ObjectPoseEstimate.STATUS_INITIAL,
                                                 box=list(det.box), mask=det.mask))
         if out.poses:

@@ -26,9 +26,9 @@ from ..core.build import BuildConfig, build_gaussian_object, heldout_psnr
 from ..core.detect import colour_model
 from ..core.errors import InputError
 from ..core.estimator import COLOUR_KEY, Estimator, EstimatorConfig
+from ..core.frontend import BACKENDS, FrontEnd, FrontEndConfig, WeightFreeFrontEnd
 from ..core.gaussians import load_gaussians, save_gaussians
-from ..core.refine import RefineConfig, perturb_pose, refine_pose
-from ..core.segment import cosegment
+from ..core.refine import RefineConfig, cascade_refine_config, perturb_pose, refine_pose
 from ..core.views import validate_views
 
 INITS = ("gt-perturbed", "pipeline")
@@ -44,20 +44,23 @@ def select_references(frames, num_refs: int):
     return [frames[i] for i in idx], held
 
 
-def reference_views(args, refs, log, obj_id):
+def reference_views(args, refs, log, obj_id, frontend: FrontEnd):
     """The registration input: GT masks (--ref-masks given) or co-segmented ones (none)."""
     if args.ref_masks == "given":
         return bop.load_views(refs), None
     images = [f.load()[0] for f in refs]
-    seg = cosegment(images, [f.T for f in refs], [f.K for f in refs])
+    seg = frontend.cosegment(images, [f.T for f in refs], [f.K for f in refs])
     log(f"  obj {obj_id}: co-segmentation confidence median {np.median(seg.confidences):.2f}, "
         f"min {seg.confidences.min():.2f}")
     return validate_views(images, seg.masks, [f.T for f in refs], [f.K for f in refs]), seg.confidences
 
 
-def get_object(args, obj_id, log):
-    """Build (or load the cached) 3DGO of obj_id; returns (object, build seconds, held-out PSNR list)."""
-    name = f"obj_{obj_id:06d}_{args.num_refs}refs_{args.ref_masks}masks.safetensors"
+def get_object(args, obj_id, log, frontend: FrontEnd | None = None):
+    """Build (or load the cached) 3DGO of obj_id; returns (object, build seconds, held-out PSNR list).
+    `frontend` co-segments the references when they come without masks (default: weight-free)."""
+    frontend = frontend or WeightFreeFrontEnd()
+    segmenter = "" if args.ref_masks == "given" or frontend.name == "weight_free" else f"_{frontend.name}"
+    name = f"obj_{obj_id:06d}_{args.num_refs}refs_{args.ref_masks}masks{segmenter}.safetensors"
     cache = os.path.join(args.model_dir, name) if args.model_dir else None
     frames = bop.load_split_frames(args.root, args.ref_split, obj_id)
     refs, held = select_references(frames, args.num_refs)
@@ -65,7 +68,7 @@ def get_object(args, obj_id, log):
         obj = load_gaussians(cache)
         build_s = obj.meta.get("build_seconds", float("nan"))
     else:
-        views, seg_confidences = reference_views(args, refs, log, obj_id)
+        views, seg_confidences = reference_views(args, refs, log, obj_id, frontend)
         cfg = BuildConfig(iterations=args.build_iters)
         last = [0.0]
 
@@ -127,10 +130,15 @@ def _mask_iou(a, b) -> float:
 
 def evaluate_pipeline(args, ids, infos, log):
     """Every evaluated object registered in one Estimator; each test image is searched for all of them."""
-    est = Estimator(EstimatorConfig(refine=RefineConfig(max_steps=args.refine_steps, min_steps=min(20, args.refine_steps))))
+    frontend = FrontEndConfig(backend=args.backend, learned={
+        "model_weights": args.model_weights, "dinov2_weights": args.dinov2_weights, "device": args.device}
+        if args.backend == "learned" else {})
+    est = Estimator(EstimatorConfig(frontend=frontend, refine=cascade_refine_config(args.refine_steps),
+                                    min_detection_score=args.min_detection_score, min_score=args.min_score,
+                                    max_candidates=args.max_candidates))
     built = {}
     for obj_id in ids:
-        obj, build_s, psnrs = get_object(args, obj_id, log)
+        obj, build_s, psnrs = get_object(args, obj_id, log, est.frontend)
         est.add_object(str(obj_id), obj)
         built[obj_id] = (obj, build_s, psnrs)
     # group the annotated instances by image: an image is searched once for every registered object
@@ -230,6 +238,17 @@ def parse_args(argv=None):
                         "--init pipeline, given otherwise")
     p.add_argument("--background-images", type=int, default=10,
                    help="pipeline: object-free clutter images searched for every object (false-positive count)")
+    p.add_argument("--backend", choices=BACKENDS, default="weight_free",
+                   help="pipeline: front end (learned = the GS-Pose network; needs --model-weights)")
+    p.add_argument("--model-weights", default="", help="learned: GS-Pose model_weights.pth / .safetensors")
+    p.add_argument("--dinov2-weights", default="", help="learned: DINOv2 ViT-B/14 checkpoint, if not in model weights")
+    p.add_argument("--device", default="cpu", help="learned: torch device of the network")
+    p.add_argument("--min-detection-score", type=float, default=EstimatorConfig.min_detection_score,
+                   help="pipeline: detections scoring less are not examined")
+    p.add_argument("--max-candidates", type=int, default=EstimatorConfig.max_candidates,
+                   help="pipeline: detections per object examined (each costs a retrieval)")
+    p.add_argument("--min-score", type=float, default=EstimatorConfig.min_score,
+                   help="pipeline: refined poses checking less are reported as not found")
     p.add_argument("--max-frames", type=int, default=20, help="queries per object")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--build-iters", type=int, default=BuildConfig.iterations)
