@@ -130,6 +130,11 @@ def test_a_pickle_with_code_in_it_is_never_unpickled(tmp_path):
         load_network(str(path))
 
 
+def test_frontends_in_one_process_share_one_network(checkpoint):
+    config = FrontEndConfig(backend="learned", learned={"model_weights": checkpoint})
+    assert make_frontend(config).net is make_frontend(config).net
+
+
 def test_unknown_backend_and_settings_are_refused(checkpoint):
     with pytest.raises(InputError, match="unknown backend 'magic'"):
         make_frontend(FrontEndConfig(backend="magic"))

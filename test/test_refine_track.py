@@ -35,6 +35,17 @@ def test_refinement_recovers_perturbed_pose(obj, queries, dataset):
     assert np.median(after) < 0.1 * d
 
 
+def test_refinement_at_the_coarse_size_only_returns_its_result(obj, queries):
+    """coarse_fraction=1 leaves no fine stage; the coarse stage's result must come out, not the start
+    (an empty fine stage used to report the initial pose as its best)."""
+    f = queries[1]
+    img, mask = f.load()
+    T0 = perturb_pose(f.T, np.random.default_rng(3), max_rot_deg=10)
+    r = refine_pose(obj, img, mask, T0, f.K, RefineConfig(max_steps=10, min_steps=10, coarse_fraction=1.0, polish=None))
+    assert r.iterations == 10 and r.alpha is not None and r.alpha.shape == (64, 64)
+    assert np.abs(r.T - T0).max() > 1e-4
+
+
 def test_refinement_flags_a_wrong_object_region(obj, queries):
     """A mask far from where the object is rendered yields a low IoU: the result is flagged, not trusted."""
     f = queries[0]

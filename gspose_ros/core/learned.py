@@ -18,6 +18,8 @@ Thresholds and paddings are the official inference settings.
 
 from __future__ import annotations
 
+import os
+import threading
 from dataclasses import dataclass
 
 import cv2
@@ -69,6 +71,24 @@ class LearnedObject:
     bank: TemplateBank | None  # RA embeddings; None where only detection is needed
 
 
+_NETWORKS: dict[tuple, torch.nn.Module] = {}
+_NETWORKS_LOCK = threading.Lock()
+
+
+def shared_network(model_weights: str, dinov2_weights: str, device: torch.device) -> torch.nn.Module:
+    """One loaded network per (files, their modification times, device) and process: the nodes of
+    pose_pipeline share it instead of holding three copies (inference does not modify it)."""
+    def stamp(path):
+        path = os.path.expanduser(path)
+        return os.path.getmtime(path) if path and os.path.isfile(path) else None
+
+    key = (model_weights, stamp(model_weights), dinov2_weights, stamp(dinov2_weights), str(device))
+    with _NETWORKS_LOCK:
+        if key not in _NETWORKS:
+            _NETWORKS[key] = load_network(model_weights, dinov2_weights, device)
+        return _NETWORKS[key]
+
+
 def _to_tensor(crops: list[np.ndarray]) -> torch.Tensor:
     """uint8 or [0,1] float RGB crops -> (N, 3, S, S) float in [0, 1]."""
     arr = np.stack([c.astype(np.float32) / (255.0 if c.dtype == np.uint8 else 1.0) for c in crops])
@@ -91,7 +111,7 @@ class LearnedFrontEnd(FrontEnd):
         if config.device.startswith("cuda") and not torch.cuda.is_available():
             raise InputError(f"device {config.device!r} asked for, but CUDA is not available here")
         self.device = torch.device(config.device)
-        self.net = load_network(config.model_weights, config.dinov2_weights, self.device)
+        self.net = shared_network(config.model_weights, config.dinov2_weights, self.device)
 
     # --- network calls, batched -------------------------------------------------------------
     @torch.no_grad()
