@@ -18,6 +18,7 @@ Thresholds and paddings are the official inference settings.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from .frontend import FrontEnd
 from .gaussians import GaussianObject
 from .geometry import CropWindow, crop_window_from_box, crop_window_from_pose, make_pose, mask_box
 from .network import PATCH, fps_indices, load_network
-from .retrieve import TemplateBank, template_bank, template_views
+from .retrieve import TemplateBank, no_templates, template_bank, template_camera, template_views
 from .segment import CoSegmentation, object_sphere
 from .views import check_view_arrays, crop_image
 
@@ -164,18 +165,24 @@ class LearnedFrontEnd(FrontEnd):
     def prepare(self, obj: GaussianObject, with_bank: bool = True) -> LearnedObject:
         """References (and the RA-embedding bank) from renders of the 3DGO."""
         cfg = self.config
-        ref_views, _, _ = template_views(obj, cfg.reference_views, 1, CROP, 1.0)
+        camera = template_camera(obj, CROP, 1.0)  # the bounding sphere fills the crop, as the official crops
+        ref_views = list(template_views(obj, camera, cfg.reference_views, 1))
+        if not ref_views:
+            raise no_templates()
         references = LearnedReferences(self.features(_to_tensor([v.rgb for v in ref_views])),
                                        torch.from_numpy(np.stack([v.alpha for v in ref_views]))[:, None]
                                        .to(self.device))
         if not with_bank:
             return LearnedObject(references, None)
-        views, distance, focal = template_views(obj, cfg.bank_viewpoints, cfg.bank_inplane, CROP, 1.0)
-        embeddings = []
-        for i in range(0, len(views), max(1, cfg.batch)):
-            feats = self.features(_to_tensor([v.rgb for v in views[i:i + cfg.batch]]))
+        views, embeddings = [], []
+        rendered = template_views(obj, camera, cfg.bank_viewpoints, cfg.bank_inplane)
+        while batch := list(itertools.islice(rendered, max(1, cfg.batch))):
+            feats = self.features(_to_tensor([v.rgb for v in batch]))
             embeddings.append(self.embed(feats, self.segment(feats, references)).cpu())
-        return LearnedObject(references, template_bank(views, torch.cat(embeddings).numpy(), distance, focal))
+            views += [v.described() for v in batch]
+        if not views:
+            raise no_templates()
+        return LearnedObject(references, template_bank(views, torch.cat(embeddings).numpy(), camera))
 
     # --- detection ----------------------------------------------------------------------------
     def _query_scale(self, shape) -> tuple[int, int]:

@@ -24,7 +24,8 @@ silhouette IoU, agreement of image-gradient orientations and of chromaticity
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -109,27 +110,47 @@ class TemplateView:
     """One retrieval template: a render of the 3DGO with the object on the optical axis
     (so its egocentric rotation is allocentric), possibly rotated in the image plane."""
 
-    rgb: np.ndarray  # (S, S, 3) float32 in [0, 1], black background
-    alpha: np.ndarray  # (S, S) float32
+    rgb: np.ndarray | None  # (S, S, 3) float32 in [0, 1], black background (None once described)
+    alpha: np.ndarray | None  # (S, S) float32
     rotation: np.ndarray  # (3, 3) allocentric rotation
     origin_offset: np.ndarray  # (2,) object origin minus mask-box centre, in units of box side
     area: float  # mask area (pixels)
 
+    def described(self) -> TemplateView:
+        """The geometry alone: a bank keeps thousands of templates, not their images."""
+        return replace(self, rgb=None, alpha=None)
 
-def template_views(obj: GaussianObject, n_viewpoints: int, n_inplane: int, size: int,
-                   span: float) -> tuple[list[TemplateView], float, float]:
-    """Renders from n_viewpoints spread over the sphere (Fibonacci), each rotated in-plane
-    n_inplane times; the object's diameter spans `span` of the image side.
-    Returns (views, camera distance, focal) - what converts a template match to a depth."""
+
+@dataclass
+class TemplateCamera:
+    """The camera templates are rendered with: what converts a template match to a depth."""
+
+    distance: float  # m, object origin on the optical axis
+    focal: float  # px
+    size: int  # image side, px
+
+    @property
+    def K(self) -> np.ndarray:
+        c = (self.size - 1) / 2
+        return np.array([[self.focal, 0, c], [0, self.focal, c], [0, 0, 1.0]])
+
+
+def template_camera(obj: GaussianObject, size: int, span: float) -> TemplateCamera:
+    """A camera at 4 diameters in which the object's diameter spans `span` of the image side."""
     distance = 4.0 * obj.diameter
-    focal = span * size * distance / obj.diameter
-    K = np.array([[focal, 0, (size - 1) / 2], [0, focal, (size - 1) / 2], [0, 0, 1.0]])
+    return TemplateCamera(distance, span * size * distance / obj.diameter, size)
+
+
+def template_views(obj: GaussianObject, camera: TemplateCamera, n_viewpoints: int,
+                   n_inplane: int) -> Iterator[TemplateView]:
+    """Renders from n_viewpoints spread over the sphere (Fibonacci), each rotated in-plane
+    n_inplane times, one at a time (consumers keep descriptors, not images)."""
+    size, K = camera.size, camera.K
     centre = ((size - 1) / 2, (size - 1) / 2)
-    views = []
     for i in range(n_viewpoints):
         el = np.degrees(np.arcsin(1 - 2 * (i + 0.5) / n_viewpoints))
         az = np.degrees(i * np.pi * (3 - np.sqrt(5))) % 360
-        T = look_at_pose(distance, az, el)
+        T = look_at_pose(camera.distance, az, el)
         with torch.no_grad():
             out = render(obj, torch.from_numpy(T).float(), torch.from_numpy(K).float(), size, size,
                          background=torch.zeros(3))
@@ -147,31 +168,34 @@ def template_views(obj: GaussianObject, n_viewpoints: int, n_inplane: int, size:
             side = max(box[2] - box[0], box[3] - box[1])
             box_centre = np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
             origin = project(np.zeros((1, 3)), make_pose(Rz @ T[:3, :3], Rz @ T[:3, 3]), K)[0]
-            views.append(TemplateView(cv2.warpAffine(rgb, A, (size, size)), r_alpha, Rz @ T[:3, :3],
-                                      (origin - box_centre) / side, float((r_alpha > 0.5).sum())))
-    if not views:
-        raise InputError("the object renders empty from every viewpoint: cannot build retrieval templates")
-    return views, distance, focal
+            yield TemplateView(cv2.warpAffine(rgb, A, (size, size)), r_alpha, Rz @ T[:3, :3],
+                               (origin - box_centre) / side, float((r_alpha > 0.5).sum()))
 
 
-def template_bank(views: list[TemplateView], descriptors: np.ndarray, distance: float, focal: float,
+def no_templates() -> InputError:
+    return InputError("the object renders empty from every viewpoint: cannot build retrieval templates")
+
+
+def template_bank(views: list[TemplateView], descriptors: np.ndarray, camera: TemplateCamera,
                   colour: np.ndarray | None = None) -> TemplateBank:
     return TemplateBank(np.asarray(descriptors, np.float32), np.stack([v.rotation for v in views]),
                         np.array([v.area for v in views]), np.stack([v.origin_offset for v in views]),
-                        distance, focal, None if colour is None else np.asarray(colour, np.float32))
+                        camera.distance, camera.focal, None if colour is None else np.asarray(colour, np.float32))
 
 
 def build_template_bank(obj: GaussianObject, n_viewpoints: int = 400, n_inplane: int = 24) -> TemplateBank:
     """Silhouette + chromaticity templates (weight-free backend)."""
-    views, distance, focal = template_views(obj, n_viewpoints, n_inplane, TEMPLATE_SIZE, 1 / 1.3)
+    camera = template_camera(obj, TEMPLATE_SIZE, 1 / 1.3)  # the object spans ~75 % of a template
     shapes, colours, kept = [], [], []
-    for v in views:
+    for v in template_views(obj, camera, n_viewpoints, n_inplane):
         described = describe(v.alpha)
         if described is not None:
             shapes.append(described[0])
             colours.append(describe_colour(v.rgb, v.alpha, described[1]))
-            kept.append(v)
-    return template_bank(kept, np.stack(shapes), distance, focal, np.stack(colours))
+            kept.append(v.described())
+    if not kept:
+        raise no_templates()
+    return template_bank(kept, np.stack(shapes), camera, np.stack(colours))
 
 
 def _pose_from_template(bank: TemplateBank, idx: int, mask_area: float, box: np.ndarray, K: np.ndarray) -> np.ndarray:
