@@ -73,7 +73,7 @@ class RefinerNode(Node):
         coarse = declare(self, "track_coarse_iters", 3,
                          "Gauss-Newton steps at 64 px per tracked frame (more: a wider reach when frames are dropped)")
         self.track_align = AlignConfig(coarse_iters=coarse)
-        self.min_track_confidence = declare(self, "min_track_confidence", 0.2,
+        self.min_track_confidence = declare(self, "min_track_confidence", 0.5,
                                             "Tracking confidence (0..1) below which an object is declared lost")
         self.overlay = declare(self, "publish_overlay", True, "Publish /gspose/overlay (costs a render per object)")
         self.overlay_period = 1.0 / max(1e-3, declare(self, "overlay_max_hz", 5.0,
