@@ -125,7 +125,7 @@ class _Payload:
 def test_a_pickle_with_code_in_it_is_never_unpickled(tmp_path):
     path = tmp_path / "evil.pth"
     with open(path, "wb") as f:
-        pickle.dump({"weight": _Payload()}, f)
+        pickle.dump({"weight": _Payload()}, f, protocol=2)
     with pytest.raises(InputError, match="cannot read"):
         load_network(str(path))
 
