@@ -145,9 +145,10 @@ class LearnedFrontEnd(FrontEnd):
         feats = self.features(_to_tensor(crops))
         rotvecs = torch.from_numpy(Rotation.from_matrix(np.stack([T[:3, :3] for T in poses])).as_rotvec()).float()
         picked = fps_indices(rotvecs, self.config.reference_views)
+        ref_feats = feats[picked]
         with torch.no_grad():
-            ref_masks = self.net.refer_cosegmentation(feats[picked].to(self.device)).sigmoid()
-        probs = self.segment(feats, LearnedReferences(feats[picked].to(self.device), ref_masks)).cpu().numpy()[:, 0]
+            ref_masks = self.net.refer_cosegmentation(ref_feats).sigmoid()
+        probs = self.segment(feats, LearnedReferences(ref_feats, ref_masks)).cpu().numpy()[:, 0]
         masks, confidences = [], []
         for i, (prob, window, image) in enumerate(zip(probs, windows, images)):
             full = _paste(prob, window, image.shape[:2]) > FINE_THRESHOLD

@@ -88,13 +88,13 @@ def describe_colour(rgb: np.ndarray, mask: np.ndarray, box: np.ndarray) -> np.nd
     return d / (np.linalg.norm(d) + 1e-9)
 
 
-def candidate_templates(bank: TemplateBank, silhouette: np.ndarray, colour: np.ndarray | None, k: int) -> list[int]:
-    """k distinct template indices, taken alternately from the silhouette ranking and the
-    silhouette + chromaticity ranking (silhouette alone when there is no colour)."""
-    by_shape = np.argsort(-(bank.descriptors @ silhouette))
+def candidate_templates(bank: TemplateBank, sims: np.ndarray, colour: np.ndarray | None, k: int) -> list[int]:
+    """k distinct template indices, taken alternately from the ranking by `sims` (the query's
+    descriptor similarities) and by sims + chromaticity similarity (sims alone without colour)."""
+    by_shape = np.argsort(-sims)
     if colour is None or bank.colour is None:
         return [int(i) for i in by_shape[:k]]
-    by_both = np.argsort(-(bank.descriptors @ silhouette + bank.colour @ colour))
+    by_both = np.argsort(-(sims + bank.colour @ colour))
     picked: dict[int, None] = {}
     for a, b in zip(by_shape, by_both):
         for idx in (int(a), int(b)):
@@ -299,7 +299,7 @@ def retrieve_pose(obj: GaussianObject, bank: TemplateBank, image: np.ndarray, ma
     query = QueryCrop(image, mask, box, K)
     area = float(mask.sum())
     hypotheses = []
-    for idx in candidate_templates(bank, d, colour, top_k):
+    for idx in candidate_templates(bank, sims, colour, top_k):
         T = _pose_from_template(bank, int(idx), area, box, K)
         check = query.check(obj, T)
         hypotheses.append(PoseHypothesis(T, float(sims[idx]), check.iou, check.score))
