@@ -28,6 +28,10 @@ class DetectorConfig:
     box_pad: float = 1.6  # GrabCut works in the proposal box scaled by this
     grabcut_size: int = 160  # GrabCut crop side (pixels): its cost grows with the area
     grabcut_iters: int = 3
+    # GrabCut seeds its colour models with OpenCV's global random generator: reseeded before every
+    # call, the same image always gives the same masks (unseeded, the duck's ADD@0.1d over 20
+    # frames moved between 20 % and 45 % from run to run)
+    seed: int = 0
 
 
 @dataclass
@@ -86,6 +90,7 @@ def _grabcut(image: np.ndarray, seed: np.ndarray, box: np.ndarray, cfg: Detector
     if not (labels == cv2.GC_FGD).any() and not (labels == cv2.GC_PR_FGD).any():
         return None
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.setRNGSeed(cfg.seed)
     try:
         cv2.grabCut(cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), labels, None, bgd, fgd, cfg.grabcut_iters,
                     cv2.GC_INIT_WITH_MASK)
