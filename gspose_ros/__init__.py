@@ -14,6 +14,12 @@ import pkgutil
 # threads (measured: tracking 10 -> 15 fps on 2 cores). It must be set before torch
 # is imported to take effect; an explicit OMP_NUM_THREADS from the user wins.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# numba's kernels run on GNU OpenMP, whose idle threads spin ~300k iterations before sleeping. One
+# process barely notices; the node graph runs four such processes on the same cores, and each one's
+# spinning threads then steal the others' time: two processes rendering at once took 87 ms per
+# render instead of 7.5 ms. A short spin keeps one process within ~15 % of its speed (8.8 ms) and
+# two at once at 13.5 ms each. Read when libgomp loads (with torch), so it is set here too.
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 # When this source tree comes first on sys.path (running from the repository), the
 # generated msg/srv modules of the colcon install tree must still be found.
