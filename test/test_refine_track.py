@@ -111,3 +111,26 @@ def test_tracker_needs_a_start_pose(obj, queries):
     tracker.reset(queries[0].T)
     with pytest.raises(InputError, match="unknown tracking method"):
         tracker.step(img, queries[0].K)
+
+
+
+def test_tracker_walks_through_frames_a_stale_pose_cannot_jump(built_duck, dataset):
+    """A pose ~1 s old (a detection's, on a busy CPU): the object has turned ~20 deg since. One
+    tracking step from there is not kept (min_confidence) and leaves the pose alone; steps through
+    frames 0.3 s apart, starting from the colour model of the pose's own frame, follow it."""
+    start = bop.load_split_frames(dataset, "test", 3)[1]
+    poses = smooth_trajectory(start.T, 13, np.random.default_rng(1), deg_per_frame=1.5, mm_per_frame=2.0)
+    frames = synth.render_sequence(synth.duck_object(), poses)
+    assert metrics.rotation_error_deg(poses[0], poses[-1]) > 15
+
+    jumper = Tracker(built_duck, min_confidence=0.5)
+    jumper.reset(poses[0], 0.0, frames[0][0], start.K)
+    assert not jumper.step(frames[-1][0], start.K, stamp=1.2).kept
+    assert np.array_equal(jumper.T, poses[0])
+
+    walker = Tracker(built_duck, min_confidence=0.5)
+    walker.reset(poses[0], 0.0, frames[0][0], start.K)
+    for i in range(3, 13, 3):
+        assert walker.step(frames[i][0], start.K, stamp=0.1 * i).kept
+    assert metrics.rotation_error_deg(walker.T, poses[12]) < 4.0
+    assert np.linalg.norm(walker.T[:3, 3] - poses[12][:3, 3]) < 0.006

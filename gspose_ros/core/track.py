@@ -49,6 +49,7 @@ class Tracker:
     config: RefineConfig = field(default_factory=tracking_config)
     align_config: AlignConfig = field(default_factory=AlignConfig)
     method: str = "auto"
+    min_confidence: float = 0.0  # a step whose refinement confidence is lower is not kept (lost)
     T: np.ndarray | None = None
     _hists: tuple | None = None  # (foreground, background) colour histograms
     _silhouette: tuple | None = None  # (alpha, crop window) of the last accepted pose
@@ -57,12 +58,19 @@ class Tracker:
     _velocity: tuple[np.ndarray, np.ndarray, float | None] | None = None
     _stamp: float | None = None  # time of the last accepted frame
 
-    def reset(self, T_camera_object: np.ndarray) -> None:
+    def reset(self, T_camera_object: np.ndarray, stamp: float | None = None, image: np.ndarray | None = None,
+              K: np.ndarray | None = None) -> None:
+        """Start from a pose. `stamp`: the time (s) of the frame it belongs to, so that the first
+        motion measured spans the frames that passed while it was computed; `image` and `K`: that
+        frame, to learn the colour masks from where the pose is right (else from the first
+        tracked frame, around a pose that may be stale there)."""
         self.T = np.asarray(T_camera_object, dtype=np.float64)
         self._hists = None
         self._silhouette = None
         self._velocity = None
-        self._stamp = None
+        self._stamp = stamp
+        if image is not None and K is not None:
+            self._bootstrap_colour_model(image, K)
 
     def predicted(self, stamp: float | None = None) -> np.ndarray:
         """Constant-velocity prediction: the refinement then only corrects the change in motion.
@@ -120,6 +128,9 @@ class Tracker:
     def step(self, image: np.ndarray, K: np.ndarray, mask: np.ndarray | None = None,
              stamp: float | None = None) -> TrackResult:
         """Track into a new frame; `stamp` (seconds) lets the prediction span dropped frames."""
+        return self._track(image, K, mask, stamp, self._refine)
+
+    def _track(self, image, K, mask, stamp, refine) -> TrackResult:
         if self.T is None:
             raise InputError("tracker has no pose: call reset(T) with an initial pose first")
         start = time.perf_counter()
@@ -127,8 +138,8 @@ class Tracker:
             if self._hists is None:
                 self._bootstrap_colour_model(image, K)
             mask = self._colour_mask(image)
-        result = self._refine(image, mask, K, self.predicted(stamp))
-        kept = bool(result.ok and np.all(np.isfinite(result.T)))
+        result = refine(image, mask, K, self.predicted(stamp))
+        kept = bool(result.ok and result.confidence >= self.min_confidence and np.all(np.isfinite(result.T)))
         if kept:
             rotvec = Rotation.from_matrix(result.T[:3, :3] @ self.T[:3, :3].T).as_rotvec()
             dt = stamp - self._stamp if stamp is not None and self._stamp is not None else None
@@ -138,7 +149,6 @@ class Tracker:
         else:
             self._velocity = None
         return TrackResult(result.T, kept, result, time.perf_counter() - start)
-
 
 def smooth_trajectory(T_start: np.ndarray, n: int, rng: np.random.Generator, deg_per_frame=1.5, mm_per_frame=3.0):
     """A smooth synthetic object motion (camera-frame rotation + translation), for tests and benchmarks."""

@@ -107,6 +107,7 @@ class RefinerNode(Node):
             self.get_logger().warning(f"initial poses skipped: {exc}", throttle_duration_sec=5.0)
             return
         results = []
+        stamp = stamp_ns(msg.header.stamp) / 1e9
         with self._lock:
             for est in msg.poses:
                 obj = self.objects.get(est.object_id)
@@ -123,8 +124,8 @@ class RefinerNode(Node):
                     continue
                 if score < self.min_score:
                     continue
-                tracker = Tracker(obj, align_config=self.track_align)
-                tracker.reset(T)
+                tracker = Tracker(obj, align_config=self.track_align, min_confidence=self.min_track_confidence)
+                tracker.reset(T, stamp, rgb, K)
                 self.tracks[est.object_id] = Track(tracker, T, score)
                 results.append((est.object_id, T, score, ObjectPoseEstimate.STATUS_REFINED, est.box))
         self.publish(msg.header, msg.camera_info, rgb, K, results)
@@ -152,7 +153,7 @@ class RefinerNode(Node):
             stamp = stamp_ns(image_msg.header.stamp) / 1e9
             for object_id, track in active:
                 step = track.tracker.step(rgb, K, stamp=stamp)
-                if step.kept and step.refine.confidence >= self.min_track_confidence:
+                if step.kept:
                     track.T, track.score = step.T, float(step.refine.confidence)
                     results.append((object_id, step.T, track.score, ObjectPoseEstimate.STATUS_TRACKED, [0.0] * 4))
                 else:

@@ -29,7 +29,7 @@ class SyntheticCameraNode(Node):
         from ..core.track import smooth_trajectory
 
         object_id = declare(self, "builtin_object", 3, "Built-in object: 1 textured box, 2 low-texture bracket, 3 duck")
-        n = declare(self, "frames", 90, "Frames in the (looping) sequence")
+        n = declare(self, "frames", 90, "Frames in the sequence (played forwards, then backwards, and again)")
         rate = declare(self, "rate_hz", 30.0, "Publishing rate")
         self.frame_id = declare(self, "frame_id", "camera_optical_frame", "header.frame_id of images and poses")
         seed = declare(self, "seed", 0, "Sequence seed (motion and background)")
@@ -50,7 +50,12 @@ class SyntheticCameraNode(Node):
         self.create_timer(1.0 / float(rate), self.tick)
 
     def tick(self) -> None:
-        i = self.index % len(self.frames)
+        # forwards then backwards: a plain loop would teleport the object from the last pose back
+        # to the first (20 deg and centimetres at the defaults) every 3 s, which no real object does
+        # and which no tracker should follow
+        period = max(1, 2 * len(self.frames) - 2)
+        i = self.index % period
+        i = i if i < len(self.frames) else period - i
         self.index += 1
         header = self.image_header()
         rgb = self.frames[i]
