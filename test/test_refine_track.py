@@ -107,6 +107,8 @@ def test_tracker_needs_a_start_pose(obj, queries):
     img, _ = queries[0].load()
     with pytest.raises(InputError, match="reset"):
         Tracker(obj).step(img, queries[0].K)
+    with pytest.raises(InputError, match="both image and K"):
+        Tracker(obj).reset(queries[0].T, 0.0, img)
     tracker = Tracker(obj, method="levitation")
     tracker.reset(queries[0].T)
     with pytest.raises(InputError, match="unknown tracking method"):

@@ -64,12 +64,14 @@ class Tracker:
         motion measured spans the frames that passed while it was computed; `image` and `K`: that
         frame, to learn the colour masks from where the pose is right (else from the first
         tracked frame, around a pose that may be stale there)."""
+        if (image is None) != (K is None):
+            raise InputError("reset: give the pose's frame as both image and K, or neither")
         self.T = np.asarray(T_camera_object, dtype=np.float64)
         self._hists = None
         self._silhouette = None
         self._velocity = None
         self._stamp = stamp
-        if image is not None and K is not None:
+        if image is not None:
             self._bootstrap_colour_model(image, K)
 
     def predicted(self, stamp: float | None = None) -> np.ndarray:
@@ -128,9 +130,6 @@ class Tracker:
     def step(self, image: np.ndarray, K: np.ndarray, mask: np.ndarray | None = None,
              stamp: float | None = None) -> TrackResult:
         """Track into a new frame; `stamp` (seconds) lets the prediction span dropped frames."""
-        return self._track(image, K, mask, stamp, self._refine)
-
-    def _track(self, image, K, mask, stamp, refine) -> TrackResult:
         if self.T is None:
             raise InputError("tracker has no pose: call reset(T) with an initial pose first")
         start = time.perf_counter()
@@ -138,7 +137,7 @@ class Tracker:
             if self._hists is None:
                 self._bootstrap_colour_model(image, K)
             mask = self._colour_mask(image)
-        result = refine(image, mask, K, self.predicted(stamp))
+        result = self._refine(image, mask, K, self.predicted(stamp))
         kept = bool(result.ok and result.confidence >= self.min_confidence and np.all(np.isfinite(result.T)))
         if kept:
             rotvec = Rotation.from_matrix(result.T[:3, :3] @ self.T[:3, :3].T).as_rotvec()
@@ -149,6 +148,7 @@ class Tracker:
         else:
             self._velocity = None
         return TrackResult(result.T, kept, result, time.perf_counter() - start)
+
 
 def smooth_trajectory(T_start: np.ndarray, n: int, rng: np.random.Generator, deg_per_frame=1.5, mm_per_frame=3.0):
     """A smooth synthetic object motion (camera-frame rotation + translation), for tests and benchmarks."""
