@@ -115,7 +115,6 @@ def test_tracker_needs_a_start_pose(obj, queries):
         tracker.step(img, queries[0].K)
 
 
-
 def test_tracker_walks_through_frames_a_stale_pose_cannot_jump(built_duck, dataset):
     """A pose ~1 s old (a detection's, on a busy CPU): the object has turned ~20 deg since. One
     tracking step from there is not kept (min_confidence) and leaves the pose alone; steps through

@@ -114,6 +114,9 @@ def main(argv=None) -> int:
         if t in truth:
             adds.append(metrics.add(pose_to_matrix(m.pose), truth[t], points))
     frames = len([t for t in truth if first_truth is not None and t >= first_truth])
+    # (status name, reported score, ADD m) of every estimate with ground truth, scored once
+    scored = [(STATUS_NAMES[s], float(score), metrics.add(T, truth[t], points))
+              for t, s, T, score in statuses if t in truth]
     summary = {
         "registration": res.message, "watch_seconds": a.seconds, "camera_frames": frames, "poses": len(received),
         "poses_matched_to_truth": len(adds),
@@ -124,13 +127,10 @@ def main(argv=None) -> int:
         "frames_without_pose": 1.0 - len(received) / max(frames, 1),
         "status_counts": {name: sum(s == code for _, s, *_ in statuses) for code, name in enumerate(STATUS_NAMES)},
         # where the misses come from: fresh refinements after a detection vs tracking steps
-        "add_0.1d_by_status": {name: float(np.mean([metrics.add(T, truth[t], points) < 0.1 * diameter
-                                                    for t, s, T, _ in statuses if s == code and t in truth]))
-                               for code, name in enumerate(STATUS_NAMES)
-                               if any(s == code and t in truth for t, s, *_ in statuses)},
+        "add_0.1d_by_status": {name: float(np.mean([e < 0.1 * diameter for n, _, e in scored if n == name]))
+                               for name in STATUS_NAMES if any(n == name for n, *_ in scored)},
         # (status, reported score, ADD mm) of every estimate: how well the score predicts the error
-        "estimates": [(STATUS_NAMES[s], round(float(score), 3), round(1000 * metrics.add(T, truth[t], points), 1))
-                      for t, s, T, score in statuses if t in truth],
+        "estimates": [(name, round(score, 3), round(1000 * e, 1)) for name, score, e in scored],
         "diameter_m": diameter,
     }
     if overlays:
