@@ -36,7 +36,11 @@ def test_cosegmentation_matches_ground_truth_masks(duck_refs):
     frames, loaded = duck_refs
     seg = cosegment([i for i, _ in loaded], [f.T for f in frames], [f.K for f in frames])
     ious = [_iou(m, gt) for m, (_, gt) in zip(seg.masks, loaded)]
-    assert np.median(ious) > 0.85, ious
+    assert np.median(ious) > 0.9, ious
+    # a mask that spills onto the background gives the 3DGO floaters: the second GrabCut round
+    # took the median precision on these views from 0.955 to 0.985
+    precisions = [(m & gt).sum() / max(m.sum(), 1) for m, (_, gt) in zip(seg.masks, loaded)]
+    assert np.median(precisions) > 0.97, precisions
     assert len(seg.confidences) == len(frames) and np.median(seg.confidences) > 0.7
 
 
