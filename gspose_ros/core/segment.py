@@ -132,8 +132,10 @@ def _grid(box: np.ndarray, n: int, poses, Ks):
     return grid, [K[0, 0] * voxel / (T[:3, :3] @ centre + T[:3, 3])[2] for T, K in zip(poses, Ks)]
 
 
-def _grabcut_view(image, prior: np.ndarray, cfg: SegmentConfig) -> np.ndarray:
-    """GrabCut seeded by a prior mask: its eroded core is object, far outside is background."""
+def _grabcut_view(image, prior: np.ndarray, cfg: SegmentConfig, colour_mask: np.ndarray | None = None) -> np.ndarray:
+    """GrabCut seeded by a prior mask: its eroded core is object (only where `colour_mask` agrees,
+    when given), far outside is background. A hull from few views fills the object's concavities
+    with background; taken as sure object, that background was kept whatever its colour."""
     h, w = image.shape[:2]
     ys, xs = np.nonzero(prior)
     side = max(np.ptp(xs), np.ptp(ys)) + 1
@@ -148,7 +150,10 @@ def _grabcut_view(image, prior: np.ndarray, cfg: SegmentConfig) -> np.ndarray:
     labels = np.full(p.shape, cv2.GC_BGD, np.uint8)
     labels[cv2.dilate(p, ring) > 0] = cv2.GC_PR_BGD
     labels[p > 0] = cv2.GC_PR_FGD
-    labels[cv2.erode(p, ring) > 0] = cv2.GC_FGD
+    core = cv2.erode(p, ring) > 0
+    if colour_mask is not None:
+        core &= cv2.resize(colour_mask[y0:y1, x0:x1].astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+    labels[core] = cv2.GC_FGD
     bgd, fgd = np.zeros((1, 65)), np.zeros((1, 65))
     cv2.setRNGSeed(cfg.seed)
     try:
@@ -202,7 +207,7 @@ def cosegment(images, poses, Ks, config: SegmentConfig | None = None) -> CoSegme
         grid, spacing_px = _grid(box, resolution, poses, Ks)
         votes = outside_votes_of(grid, masks_in, poses, Ks)
         hull = _hull_masks(grid, votes, max_votes, spacing_px, poses, Ks, shapes)
-        cut = [_grabcut_view(image, prior, cfg) for image, prior in zip(images, hull)]
+        cut = [_grabcut_view(image, prior, cfg, colour) for image, prior, colour in zip(images, hull, rough)]
         kept = grid[votes <= max_votes]
         margin = 2 * float(np.max(box[1] - box[0])) / (resolution - 1)  # two of this grid's voxels
         box = np.stack([kept.min(0) - margin, kept.max(0) + margin])
