@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from scipy.ndimage import convolve1d
 
 from .colour import HSV_BINS, N_HSV, histogram, hsv_bins
 from .errors import InputError
@@ -53,12 +54,16 @@ def colour_model(images, masks) -> np.ndarray:
 
 
 def _hue_saturation(hist: np.ndarray) -> np.ndarray:
-    """Marginal over value: the part of the colour that survives a change of lighting."""
-    return hist.reshape(HSV_BINS).sum(axis=2).reshape(-1)
+    """Marginal over value, each saturation bin shared half with its neighbours: the part of the
+    colour that survives a change of lighting. Saturation still drifts a little with the light
+    (the duck's yellow: 72 % of reference pixels in the top saturation bin, 1 % in a brightly lit
+    query), and across a hard bin edge that drift halved the score of the right mask."""
+    hs = hist.reshape(HSV_BINS).sum(axis=2)
+    return convolve1d(hs, [0.25, 0.5, 0.25], axis=1, mode="nearest").reshape(-1)
 
 
 def colour_similarity(hist_a: np.ndarray, hist_b: np.ndarray) -> float:
-    """Bhattacharyya coefficient of the hue x saturation marginals, in [0, 1]."""
+    """Bhattacharyya coefficient of the (saturation-smoothed) hue x saturation marginals, in [0, 1]."""
     return float(np.sqrt(_hue_saturation(hist_a) * _hue_saturation(hist_b)).sum())
 
 

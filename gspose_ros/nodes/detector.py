@@ -17,6 +17,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 
 from ..core.errors import InputError
+from ..core.estimator import EstimatorConfig
 from ..core.frontend import make_frontend
 from ..msg import DetectionArray, ObjectDetection, ObjectPoseArray, ObjectPoseEstimate
 from .common import SENSOR_QOS, STAGE_QOS, CameraPairing, LatestSlot, RegisteredObjects, declare, declare_frontend, run_nodes
@@ -28,9 +29,9 @@ class DetectorNode(Node):
         super().__init__("gspose_detector", **kwargs)
         registry_dir = declare(self, "registry_dir", "~/.gspose_ros/objects", "Directory of registered objects")
         only = declare(self, "object_ids", [""], "Objects to look for ([''] or []: every registered object)")
-        self.min_score = declare(self, "min_detection_score", 0.8,
+        self.min_score = declare(self, "min_detection_score", EstimatorConfig.min_detection_score,
                                  "Detection score a mask needs to be passed on (0..1; weight_free: colour similarity)")
-        self.max_candidates = declare(self, "max_candidates", 2,
+        self.max_candidates = declare(self, "max_candidates", EstimatorConfig.max_candidates,
                                       "Candidate masks sent per object; retrieval keeps the best-checking one")
         self.frontend = make_frontend(declare_frontend(self, detection=True))
         self.skip_tracked_s = declare(self, "skip_tracked_s", 1.0,
