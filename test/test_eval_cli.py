@@ -27,6 +27,9 @@ def test_eval_pipeline_runs_the_cascade_without_ground_truth(dataset, tmp_path, 
     s = data["summaries"][0]
     assert data["args"]["ref_masks"] == "none" and s["mask_confidence_median"] > 0.5
     assert s["frames"] == 2 and 0.0 <= s["detected"] <= 1.0 and 0.0 <= s["init_add_0.1d"] <= 1.0
+    # a reported pose carries the candidate mask it was found from: the detector stage alone hits
+    # at least as often as the reported poses do
+    assert s["detected"] <= s["candidate_hit"] <= 1.0
     assert data["background_images"] == 1 and data["background_false_positives"] >= 0
     assert all("det_iou" in row and "timings" in row for row in data["frames"]["3"])
     assert "false positives" in capsys.readouterr().out

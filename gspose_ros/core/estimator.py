@@ -70,6 +70,9 @@ class EstimateReport:
     object_id: str
     pose: ObjectPose | None
     timings: dict
+    # the candidate mask retrieval chose, also when its refined pose was then rejected (None: no
+    # candidate passed the detection score): what the detector stage alone is measured by
+    detection: Detection | None = None
 
 
 @dataclass
@@ -184,6 +187,7 @@ class Estimator:
                                                 self.config.retrieval_top_k)
         timings["retrieve"] = time.perf_counter() - t0
         best: ObjectPose | None = None
+        det: Detection | None = None
         if retrieved:
             t0 = time.perf_counter()
             index, hypotheses = retrieved
@@ -198,4 +202,4 @@ class Estimator:
         timings["total"] = time.perf_counter() - start
         if best is not None and best.score < self.config.min_score:
             best = None
-        return EstimateReport(object_id, best, timings)
+        return EstimateReport(object_id, best, timings, det)
