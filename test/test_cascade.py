@@ -114,6 +114,19 @@ def test_object_ids_are_checked(bad):
         check_object_id(bad)
 
 
+def test_objects_without_a_usable_colour_model_are_refused(built_duck):
+    est = Estimator()
+    for meta, match in (({}, "no detector colour model"), ({COLOUR_KEY: [1.0] * 7}, "7 bins"),
+                        ({COLOUR_KEY: [float("nan")] * 512}, "no detector colour model")):
+        obj = built_duck.to("cpu")
+        obj.meta = {**built_duck.meta, **meta}
+        if not meta:
+            obj.meta.pop(COLOUR_KEY, None)
+        with pytest.raises(InputError, match=match):
+            est.add_object("duck", obj)
+    assert est.object_ids() == []
+
+
 def test_estimator_rejects_unknown_objects_and_bad_queries(estimator):
     image = np.zeros((480, 640, 3), np.uint8)
     with pytest.raises(InputError, match="unknown object"):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .colour import N_HSV
 from .detect import Detection, DetectorConfig, detect
 from .errors import InputError
 from .gaussians import GaussianObject
@@ -42,6 +43,10 @@ def object_colour(obj: GaussianObject) -> np.ndarray:
     arr = np.asarray(values if values is not None else [], dtype=np.float32)
     if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr)) or arr.sum() <= 0:
         raise InputError("3DGO has no detector colour model (register it again with this version)")
+    if arr.size != N_HSV:
+        # another quantisation would index the wrong bins and detect nonsense, not fail
+        raise InputError(f"3DGO's detector colour model has {arr.size} bins, this version uses {N_HSV} "
+                         "(register it again with this version)")
     return arr / arr.sum()
 
 
@@ -102,8 +107,9 @@ class WeightFreeFrontEnd(FrontEnd):
 
     def prepare(self, obj: GaussianObject, with_bank: bool = True) -> WeightFreeObject:
         cfg = self.config
+        colour = object_colour(obj)  # first: a bad model fails before seconds of template rendering
         bank = build_template_bank(obj, cfg.template_viewpoints, cfg.template_inplane) if with_bank else None
-        return WeightFreeObject(object_colour(obj), bank)
+        return WeightFreeObject(colour, bank)
 
     def detect(self, image: np.ndarray, prepared: WeightFreeObject, max_candidates: int = 3) -> list[Detection]:
         return detect(image, prepared.colour, self.config.detector)[:max_candidates]
