@@ -31,7 +31,7 @@ from .registry import check_object_id
 from .retrieve import PoseCheck, PoseHypothesis, QueryCrop
 from .views import validate_views
 
-__all__ = ["COLOUR_KEY", "Estimator", "EstimatorConfig", "ObjectPose", "EstimateReport", "build_object"]
+__all__ = ["COLOUR_KEY", "Estimator", "EstimatorConfig", "ObjectPose", "EstimateReport", "build_object", "refine_and_check"]
 
 
 @dataclass
@@ -107,6 +107,17 @@ def build_object(object_id: str, images, poses, K, masks=None, build_config: Bui
     obj.meta[COLOUR_KEY] = colour_model([v.image for v in views], [v.mask for v in views]).tolist()
     obj.meta["object_id"] = object_id
     return Registration(obj, len(views), result.seconds, confidences)
+
+
+def refine_and_check(obj: GaussianObject, image: np.ndarray, mask: np.ndarray | None, box, T_init, K,
+                     config: RefineConfig) -> tuple[np.ndarray, PoseCheck | None]:
+    """Refine a pose hypothesis, then the render-and-compare verdict on the detection it came
+    from (PoseCheck.confidence is what "found" is decided by); the check is None without a mask,
+    as there is nothing to check against. Shared by the Estimator and the refiner node."""
+    T = refine_pose(obj, image, mask, T_init, K, config).T
+    if mask is None or not np.asarray(mask).any():
+        return T, None
+    return T, QueryCrop(image, mask, np.asarray(box, dtype=np.float64), K).check(obj, T)
 
 
 class Estimator:
@@ -192,10 +203,8 @@ class Estimator:
             t0 = time.perf_counter()
             index, hypotheses = retrieved
             det = detections[index]
-            query = QueryCrop(image, det.mask, det.box, K)
             for hyp in hypotheses[: self.config.hypotheses]:
-                T = self.refine(object_id, image, det.mask, hyp.T, K).T
-                check = query.check(gaussians, T)
+                T, check = refine_and_check(gaussians, image, det.mask, det.box, hyp.T, K, self.config.refine)
                 if np.all(np.isfinite(T)) and (best is None or check.confidence > best.score):
                     best = ObjectPose(object_id, T, check.confidence, det.mask, det.box, timings, check, det.score, hyp.T)
             timings["refine"] = time.perf_counter() - t0

@@ -25,9 +25,8 @@ from sensor_msgs.msg import CameraInfo, Image
 from visualization_msgs.msg import Marker, MarkerArray
 
 from ..core.errors import InputError
-from ..core.gaussians import GaussianObject
-from ..core.refine import AlignConfig, cascade_refine_config, refine_pose
-from ..core.retrieve import QueryCrop
+from ..core.estimator import EstimatorConfig, refine_and_check
+from ..core.refine import AlignConfig, cascade_refine_config
 from ..core.track import Tracker
 from ..core.visualize import draw_overlay
 from ..msg import ObjectPoseArray, ObjectPoseEstimate
@@ -68,7 +67,8 @@ class RefinerNode(Node):
         self.target = declare(self, "target_object", "",
                               "Object whose pose goes to /object_pose ('': the most confident one in each frame)")
         steps = declare(self, "refine_steps", 40, "Render-and-compare steps from an initial pose (paper: <= 400 on GPU)")
-        self.min_score = declare(self, "min_score", 0.6, "Refined-pose check score (0..1) needed to report a pose")
+        self.min_score = declare(self, "min_score", EstimatorConfig.min_score,
+                                 "Refined-pose check score (0..1) needed to report a pose")
         self.tracking = declare(self, "tracking", True, "Track found objects frame to frame (else refine every detection)")
         coarse = declare(self, "track_coarse_iters", 3,
                          "Gauss-Newton steps at 64 px per tracked frame (more: a wider reach when frames are dropped)")
@@ -117,8 +117,8 @@ class RefinerNode(Node):
                 try:
                     mask = image_to_mask(est.mask) if est.mask.height else None
                     T0 = pose_to_matrix(est.pose, f"{est.object_id} initial pose")
-                    T = refine_pose(obj, rgb, mask, T0, K, self.refine_config).T
-                    score = self._score(obj, rgb, mask, np.asarray(est.box), T, K)
+                    T, check = refine_and_check(obj, rgb, mask, est.box, T0, K, self.refine_config)
+                    score = check.confidence if check is not None else 1.0  # no mask: nothing to check against
                 except InputError as exc:
                     self.get_logger().warning(f"{est.object_id}: {exc}", throttle_duration_sec=5.0)
                     continue
@@ -129,12 +129,6 @@ class RefinerNode(Node):
                 self.tracks[est.object_id] = Track(tracker, T, score)
                 results.append((est.object_id, T, score, ObjectPoseEstimate.STATUS_REFINED, est.box))
         self.publish(msg.header, msg.camera_info, rgb, K, results)
-
-    @staticmethod
-    def _score(obj: GaussianObject, rgb, mask, box, T, K) -> float:
-        if mask is None or not mask.any():
-            return 1.0
-        return QueryCrop(rgb, mask, box, K).check(obj, T).confidence
 
     # --- camera frames: track ----------------------------------------------------------
     def on_frame(self, image_msg: Image) -> None:
