@@ -6,7 +6,9 @@ import pytest
 from gspose_ros.core import bop, metrics, synth
 from gspose_ros.core.detect import DetectorConfig, colour_model, detect
 from gspose_ros.core.errors import InputError
-from gspose_ros.core.estimator import COLOUR_KEY, Estimator
+from gspose_ros.core.estimator import COLOUR_KEY, Estimator, refine_and_check
+from gspose_ros.core.geometry import mask_box
+from gspose_ros.core.refine import cascade_refine_config, perturb_pose
 from gspose_ros.core.registry import check_object_id
 from gspose_ros.core.segment import cosegment
 
@@ -112,6 +114,18 @@ def test_estimator_mostly_reports_not_found_on_object_free_clutter(estimator):
 def test_object_ids_are_checked(bad):
     with pytest.raises(InputError, match="object id"):
         check_object_id(bad)
+
+
+def test_a_pose_without_a_mask_is_not_reported_as_certain(built_duck, dataset):
+    f = bop.load_split_frames(dataset, "test", 3)[0]
+    image, gt_mask = f.load()
+    T0 = perturb_pose(f.T, np.random.default_rng(0), max_rot_deg=10)
+    cfg = cascade_refine_config()
+    T, confidence, check = refine_and_check(built_duck, image, gt_mask, mask_box(gt_mask), T0, f.K, cfg)
+    assert check is not None and confidence == check.confidence and np.all(np.isfinite(T))
+    # no mask, nothing to check against: the refinement's own fit, never an unverified 1.0
+    T, confidence, check = refine_and_check(built_duck, image, None, mask_box(gt_mask), T0, f.K, cfg)
+    assert check is None and 0.0 <= confidence < 1.0 and np.all(np.isfinite(T))
 
 
 def test_objects_without_a_usable_colour_model_are_refused(built_duck):

@@ -110,14 +110,17 @@ def build_object(object_id: str, images, poses, K, masks=None, build_config: Bui
 
 
 def refine_and_check(obj: GaussianObject, image: np.ndarray, mask: np.ndarray | None, box, T_init, K,
-                     config: RefineConfig) -> tuple[np.ndarray, PoseCheck | None]:
-    """Refine a pose hypothesis, then the render-and-compare verdict on the detection it came
-    from (PoseCheck.confidence is what "found" is decided by); the check is None without a mask,
-    as there is nothing to check against. Shared by the Estimator and the refiner node."""
-    T = refine_pose(obj, image, mask, T_init, K, config).T
+                     config: RefineConfig) -> tuple[np.ndarray, float, PoseCheck | None]:
+    """Refine a pose hypothesis and judge it: (T, confidence in [0, 1], check). With a detection
+    mask the confidence is the render-and-compare check against it (what "found" is decided by);
+    without one there is nothing to check against, and the refinement's own fit (appearance loss
+    over the whole crop) is all the evidence, so that is reported rather than an unverified 1.
+    Shared by the Estimator and the refiner node."""
+    result = refine_pose(obj, image, mask, T_init, K, config)
     if mask is None or not np.asarray(mask).any():
-        return T, None
-    return T, QueryCrop(image, mask, np.asarray(box, dtype=np.float64), K).check(obj, T)
+        return result.T, result.confidence, None
+    check = QueryCrop(image, mask, np.asarray(box, dtype=np.float64), K).check(obj, result.T)
+    return result.T, check.confidence, check
 
 
 class Estimator:
@@ -204,9 +207,9 @@ class Estimator:
             index, hypotheses = retrieved
             det = detections[index]
             for hyp in hypotheses[: self.config.hypotheses]:
-                T, check = refine_and_check(gaussians, image, det.mask, det.box, hyp.T, K, self.config.refine)
-                if np.all(np.isfinite(T)) and (best is None or check.confidence > best.score):
-                    best = ObjectPose(object_id, T, check.confidence, det.mask, det.box, timings, check, det.score, hyp.T)
+                T, confidence, check = refine_and_check(gaussians, image, det.mask, det.box, hyp.T, K, self.config.refine)
+                if np.all(np.isfinite(T)) and (best is None or confidence > best.score):
+                    best = ObjectPose(object_id, T, confidence, det.mask, det.box, timings, check, det.score, hyp.T)
             timings["refine"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - start
         if best is not None and best.score < self.config.min_score:

@@ -9,7 +9,9 @@ Out: /object_pose (geometry_msgs/PoseStamped: T_camera_object of `target_object`
      /gspose/markers (MarkerArray), TF gspose/<object_id> and vision_msgs/Detection3DArray
      when those packages are installed.
 An object whose refined pose checks out (score >= min_score) is tracked on every camera
-frame until the tracker loses it; then the next detection re-initialises it.
+frame until the tracker loses it; then the next detection re-initialises it. An initial pose
+sent without a mask cannot be checked: it is scored by the refinement's own fit, which against
+a cluttered background rarely passes (it was reported with score 1.0 before, wrong or not).
 """
 
 from __future__ import annotations
@@ -117,12 +119,16 @@ class RefinerNode(Node):
                 try:
                     mask = image_to_mask(est.mask) if est.mask.height else None
                     T0 = pose_to_matrix(est.pose, f"{est.object_id} initial pose")
-                    T, check = refine_and_check(obj, rgb, mask, est.box, T0, K, self.refine_config)
-                    score = check.confidence if check is not None else 1.0  # no mask: nothing to check against
+                    T, score, _ = refine_and_check(obj, rgb, mask, est.box, T0, K, self.refine_config)
                 except InputError as exc:
                     self.get_logger().warning(f"{est.object_id}: {exc}", throttle_duration_sec=5.0)
                     continue
                 if score < self.min_score:
+                    if mask is None:
+                        self.get_logger().warning(
+                            f"{est.object_id}: initial pose without a mask refined to confidence {score:.2f} "
+                            f"(< min_score {self.min_score}); refinement needs the object's mask to separate it "
+                            "from the background", throttle_duration_sec=5.0)
                     continue
                 tracker = Tracker(obj, align_config=self.track_align, min_confidence=self.min_track_confidence)
                 tracker.reset(T, stamp, rgb, K)
