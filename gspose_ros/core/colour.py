@@ -1,4 +1,5 @@
-"""Colour histograms: one quantisation per use, shared by detection and tracking."""
+"""Colour models: histograms (one quantisation per use, shared by detection and tracking) and
+GrabCut (per-image colour mixtures, shared by detection and co-segmentation)."""
 
 from __future__ import annotations
 
@@ -36,3 +37,17 @@ def histogram(bins: np.ndarray, weights: np.ndarray | None, n_bins: int) -> np.n
 
 N_HSV = int(np.prod(HSV_BINS))
 N_RGB = RGB_BINS**3
+
+
+def grabcut_foreground(crop_rgb: np.ndarray, labels: np.ndarray, iterations: int, seed: int) -> np.ndarray | None:
+    """GrabCut from initial cv2.GC_* labels (updated in place); the foreground as a uint8 0/1
+    image, or None when GrabCut fails. GrabCut seeds its colour mixtures from OpenCV's global
+    random generator: reseeded with `seed`, the same crop and labels always give the same mask."""
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.setRNGSeed(seed)
+    try:
+        cv2.grabCut(cv2.cvtColor(crop_rgb, cv2.COLOR_RGB2BGR), labels, None, bgd, fgd, iterations,
+                    cv2.GC_INIT_WITH_MASK)
+    except cv2.error:
+        return None
+    return ((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)).astype(np.uint8)

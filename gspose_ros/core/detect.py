@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from scipy.ndimage import convolve1d
 
-from .colour import HSV_BINS, N_HSV, histogram, hsv_bins
+from .colour import HSV_BINS, N_HSV, grabcut_foreground, histogram, hsv_bins
 from .errors import InputError
 
 
@@ -94,14 +94,9 @@ def _grabcut(image: np.ndarray, seed: np.ndarray, box: np.ndarray, cfg: Detector
     labels[border & ~seed_crop] = cv2.GC_BGD
     if not (labels == cv2.GC_FGD).any() and not (labels == cv2.GC_PR_FGD).any():
         return None
-    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-    cv2.setRNGSeed(cfg.seed)
-    try:
-        cv2.grabCut(cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), labels, None, bgd, fgd, cfg.grabcut_iters,
-                    cv2.GC_INIT_WITH_MASK)
-    except cv2.error:
+    fg = grabcut_foreground(crop, labels, cfg.grabcut_iters, cfg.seed)
+    if fg is None:
         return None
-    fg = ((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)).astype(np.uint8)
     n, comp, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
     if n < 2:
         return None

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from .build import outside_votes_of
-from .colour import N_HSV, histogram, hsv_bins
+from .colour import N_HSV, grabcut_foreground, histogram, hsv_bins
 from .errors import InputError
 from .views import check_view_arrays
 
@@ -154,13 +154,9 @@ def _grabcut_view(image, prior: np.ndarray, cfg: SegmentConfig, colour_mask: np.
     if colour_mask is not None:
         core &= cv2.resize(colour_mask[y0:y1, x0:x1].astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
     labels[core] = cv2.GC_FGD
-    bgd, fgd = np.zeros((1, 65)), np.zeros((1, 65))
-    cv2.setRNGSeed(cfg.seed)
-    try:
-        cv2.grabCut(cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), labels, None, bgd, fgd, cfg.grabcut_iters, cv2.GC_INIT_WITH_MASK)
-    except cv2.error:
+    fg = grabcut_foreground(crop, labels, cfg.grabcut_iters, cfg.seed)
+    if fg is None:
         return prior.copy()
-    fg = ((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)).astype(np.uint8)
     mask = np.zeros((h, w), bool)
     mask[y0:y1, x0:x1] = cv2.resize(fg, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR) > 0
     return mask
