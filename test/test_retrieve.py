@@ -1,6 +1,8 @@
 """Template retrieval (weight-free initial pose): the geometry of the bank and of the
 mask-based translation, checked on queries rendered from the object itself."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,7 @@ import torch
 from gspose_ros.core import metrics, synth
 from gspose_ros.core.errors import InputError
 from gspose_ros.core.render import render
-from gspose_ros.core.retrieve import build_template_bank, retrieve_pose
+from gspose_ros.core.retrieve import PoseCheck, build_template_bank, edge_agreement, hypothesis_score, retrieve_pose
 
 
 @pytest.fixture(scope="module")
@@ -47,3 +49,19 @@ def test_retrieval_rejects_empty_or_mismatched_masks(built_duck, duck_bank):
         retrieve_pose(built_duck, duck_bank, image, np.zeros((480, 640), bool), synth.DEFAULT_K)
     with pytest.raises(InputError, match="mask size"):
         retrieve_pose(built_duck, duck_bank, image, np.zeros((48, 64), bool), synth.DEFAULT_K)
+
+
+def test_edge_strength_asks_whether_the_distinctive_edges_are_there():
+    # a smooth disc vs the same disc with a dark "eye": orientation agreement only counts where
+    # both have edges, so it cannot tell them apart; the edge-strength correlation must
+    yy, xx = np.mgrid[:64, :64]
+    disc = ((xx - 32) ** 2 + (yy - 32) ** 2 < 28**2)
+    plain = np.where(disc, 0.8 - 0.004 * yy, 0.0).astype(np.float32)
+    eyed = plain.copy()
+    eyed[(xx - 40) ** 2 + (yy - 26) ** 2 < 5**2] = 0.1
+    _, same = edge_agreement(eyed, eyed, disc)
+    _, missing = edge_agreement(eyed, plain, disc)
+    assert same > 0.99 and missing < 0.5
+    # and the ranking of unrefined hypotheses rewards it, all else equal
+    check = PoseCheck(iou=0.9, orientation=0.5, chroma_error=0.05)
+    assert hypothesis_score(0.8, replace(check, edge_strength=same)) > hypothesis_score(0.8, replace(check, edge_strength=missing))

@@ -78,15 +78,18 @@ class FrontEnd:
 
     def retrieve_best(self, obj: GaussianObject, prepared, image: np.ndarray, masks: list[np.ndarray], K: np.ndarray,
                       top_k: int = 32) -> tuple[int, list[PoseHypothesis]] | None:
-        """Retrieval on every candidate mask of one object; (index of the candidate whose best
-        hypothesis checks best, its hypotheses), or None when no mask gives any. Retrieval is cheap
-        and its check already says which candidate looks like the object, so only that one need
-        pay for a refinement."""
-        best = None
+        """Retrieval on every candidate mask of one object; (index of the candidate with the
+        best-checking hypothesis, its hypotheses), or None when no mask gives any. Retrieval is
+        cheap and its check already says which candidate looks like the object, so only that one
+        need pay for a refinement. Candidates are compared by PoseCheck.score, the verdict's own
+        measure, not by the hypothesis ranking: the ranking leans on silhouette similarity, which
+        a wrong blob of the object's colour can match too (duck: right candidate 19 -> 17 of 20)."""
+        best, best_score = None, -np.inf
         for i, mask in enumerate(masks):
             hypotheses = self.retrieve(obj, prepared, image, mask, K, top_k)
-            if hypotheses and (best is None or hypotheses[0].score > best[1][0].score):
-                best = (i, hypotheses)
+            score = max((h.check.score for h in hypotheses if h.check is not None), default=-np.inf)
+            if hypotheses and (best is None or score > best_score):
+                best, best_score = (i, hypotheses), score
         return best
 
 
