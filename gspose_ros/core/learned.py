@@ -32,11 +32,11 @@ from .detect import Detection, check_image
 from .errors import InputError
 from .frontend import FrontEnd
 from .gaussians import GaussianObject
-from .geometry import CropWindow, crop_window_from_box, crop_window_from_pose, make_pose, mask_box
+from .geometry import crop_window_from_box, crop_window_from_pose, make_pose, mask_box
 from .network import PATCH, fps_indices, load_network
 from .retrieve import TemplateBank, no_templates, template_bank, template_camera, template_views
 from .segment import CoSegmentation, object_sphere
-from .views import check_view_arrays, crop_image
+from .views import check_view_arrays, crop_image, paste_crop
 
 CROP = 224  # the network's crop side
 BOX_PADDING = 1.25  # box -> crop (official coarse/finer_bbox_padding)
@@ -96,12 +96,6 @@ def _to_tensor(crops: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
 
 
-def _paste(prob: np.ndarray, window: CropWindow, shape: tuple[int, int]) -> np.ndarray:
-    """A crop-sized map back into the full image (zero outside the crop)."""
-    return cv2.warpAffine(prob.astype(np.float32), window.affine(), (shape[1], shape[0]),
-                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT)
-
-
 class LearnedFrontEnd(FrontEnd):
     """The network and the three learned stages. Loading checks every tensor's name and shape."""
 
@@ -151,7 +145,7 @@ class LearnedFrontEnd(FrontEnd):
         probs = self.segment(feats, LearnedReferences(ref_feats, ref_masks)).cpu().numpy()[:, 0]
         masks, confidences = [], []
         for i, (prob, window, image) in enumerate(zip(probs, windows, images)):
-            full = _paste(prob, window, image.shape[:2]) > FINE_THRESHOLD
+            full = paste_crop(prob, window, image.shape[:2]) > FINE_THRESHOLD
             if full.sum() < MIN_REGION_PX:
                 raise InputError(f"co-segmentation found no object in reference view {i}")
             masks.append(full)
@@ -206,7 +200,7 @@ class LearnedFrontEnd(FrontEnd):
             x, y, bw, bh = stats[i, :4]
             window = crop_window_from_box([x, y, x + bw, y + bh], CROP, BOX_PADDING)
             fine = self.segment(self.features(_to_tensor([crop_image(image, window)])), obj.references)
-            prob = _paste(fine[0, 0].cpu().numpy(), window, (h, w))
+            prob = paste_crop(fine[0, 0].cpu().numpy(), window, (h, w))
             mask = prob > FINE_THRESHOLD
             box = mask_box(mask)
             if box is None or mask.sum() < MIN_REGION_PX:

@@ -24,11 +24,15 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import torch
 
 from .build import outside_votes_of
 from .colour import N_HSV, grabcut_foreground, histogram, hsv_bins
 from .errors import InputError
-from .views import check_view_arrays
+from .gaussians import GaussianObject
+from .geometry import crop_window_from_pose
+from .render import render
+from .views import check_view_arrays, paste_crop
 
 
 @dataclass
@@ -132,7 +136,7 @@ def _grid(box: np.ndarray, n: int, poses, Ks):
     return grid, [K[0, 0] * voxel / (T[:3, :3] @ centre + T[:3, 3])[2] for T, K in zip(poses, Ks)]
 
 
-def _grabcut_view(image, prior: np.ndarray, cfg: SegmentConfig, colour_mask: np.ndarray | None = None) -> np.ndarray:
+def grabcut_from_prior(image, prior: np.ndarray, cfg: SegmentConfig, colour_mask: np.ndarray | None = None) -> np.ndarray:
     """GrabCut seeded by a prior mask: its eroded core is object (only where `colour_mask` agrees,
     when given), far outside is background. A hull from few views fills the object's concavities
     with background; taken as sure object, that background was kept whatever its colour."""
@@ -160,6 +164,18 @@ def _grabcut_view(image, prior: np.ndarray, cfg: SegmentConfig, colour_mask: np.
     mask = np.zeros((h, w), bool)
     mask[y0:y1, x0:x1] = cv2.resize(fg, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR) > 0
     return mask
+
+
+def cut_around_pose(image: np.ndarray, obj: GaussianObject, T: np.ndarray, K: np.ndarray,
+                    cfg: SegmentConfig, size: int = 160) -> np.ndarray:
+    """The object cut out of a query by GrabCut seeded with its render at pose T (the same cut
+    co-segmentation makes around a hull): what a detection mask that leaked into background of
+    the object's colours, or missed part of it, is cut again by once a pose roughly explains it."""
+    window = crop_window_from_pose(T, K, obj.diameter / 2, size, 1.3)
+    with torch.no_grad():
+        out = render(obj, torch.from_numpy(T).float(), torch.from_numpy(window.crop_intrinsics(K)).float(), size, size)
+    prior = paste_crop(out.alpha.numpy(), window, image.shape[:2]) > 0.5
+    return grabcut_from_prior(image, prior, cfg) if prior.sum() >= 16 else prior
 
 
 def _iou(a, b) -> float:
@@ -203,7 +219,7 @@ def cosegment(images, poses, Ks, config: SegmentConfig | None = None) -> CoSegme
         grid, spacing_px = _grid(box, resolution, poses, Ks)
         votes = outside_votes_of(grid, masks_in, poses, Ks)
         hull = _hull_masks(grid, votes, max_votes, spacing_px, poses, Ks, shapes)
-        cut = [_grabcut_view(image, prior, cfg, colour) for image, prior, colour in zip(images, hull, rough)]
+        cut = [grabcut_from_prior(image, prior, cfg, colour) for image, prior, colour in zip(images, hull, rough)]
         kept = grid[votes <= max_votes]
         margin = 2 * float(np.max(box[1] - box[0])) / (resolution - 1)  # two of this grid's voxels
         box = np.stack([kept.min(0) - margin, kept.max(0) + margin])

@@ -90,6 +90,12 @@ def crop_image(image: np.ndarray, window: CropWindow, interpolation=cv2.INTER_LI
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
+def paste_crop(crop: np.ndarray, window: CropWindow, shape: tuple[int, int]) -> np.ndarray:
+    """crop_image's inverse: a window-sized float map back into a full (H, W) image, zero outside."""
+    return cv2.warpAffine(crop.astype(np.float32), window.affine(), (shape[1], shape[0]),
+                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT)
+
+
 def crop_view(view: PosedView, size: int, pad: float = 1.2) -> ViewCrop:
     window = crop_window_from_box(mask_box(view.mask), size, pad)
     mask = crop_image(view.mask.astype(np.float32), window) > 0.5
