@@ -175,3 +175,48 @@ def test_object_pose_from_published_images(graph, dataset):
     assert np.sum(np.array(errors) < 0.1 * d) >= 1, errors
     assert np.isfinite(errors).sum() >= 2, errors
     assert all(g.alive().values())
+
+
+def test_a_rejected_pose_gets_a_second_pass_through_retrieval(graph, dataset):
+    """The Estimator's second pass over DDS: an initial pose whose mask leaked far into the
+    background is rejected by the refiner, which cuts the object again around its render and
+    sends the new mask to retrieval (/gspose/recut_detections); retrieval answers with a
+    STATUS_INITIAL_RECUT pose for the refiner."""
+    from std_msgs.msg import Header
+
+    from gspose_ros.msg import DetectionArray, ObjectPoseArray, ObjectPoseEstimate
+    from gspose_ros.nodes.conversions import mask_to_image, matrix_to_pose
+
+    g, client, _ = graph
+    f = bop.load_split_frames(dataset, "test", 3)[1]
+    image, gt = f.load()
+    ys, xs = np.nonzero(gt)
+    leaky = gt.copy()
+    side = int(max(np.ptp(xs), np.ptp(ys)))
+    leaky[max(0, ys.min() - side // 2):ys.max() + side // 2, max(0, xs.min() - side):xs.max() + side] = True
+    header = Header(stamp=client.get_clock().now().to_msg(), frame_id="test_camera")
+    sent = ObjectPoseArray(header=header, image=rgb_to_image(image, header=header),
+                           camera_info=K_to_camera_info(f.K, image.shape[1], image.shape[0], header))
+    box = [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
+    sent.poses.append(ObjectPoseEstimate(object_id="duck", pose=matrix_to_pose(f.T), score=0.9,
+                                         status=ObjectPoseEstimate.STATUS_INITIAL, box=box, mask=mask_to_image(leaky)))
+    recuts, second = [], []
+    client.create_subscription(DetectionArray, "/gspose/recut_detections", recuts.append, 10)
+    client.create_subscription(ObjectPoseArray, "/gspose/initial_poses",
+                               lambda m: second.extend(p for p in m.poses
+                                                       if p.status == ObjectPoseEstimate.STATUS_INITIAL_RECUT), 10)
+    pub = client.create_publisher(ObjectPoseArray, "/gspose/initial_poses", 10)
+    deadline = time.monotonic() + 120.0
+    while not (recuts and second) and time.monotonic() < deadline:
+        if not recuts:
+            pub.publish(sent)
+        end = time.monotonic() + 5.0
+        while not (recuts and second) and time.monotonic() < end:
+            rclpy.spin_once(client, timeout_sec=0.1)
+    assert recuts, "the refiner sent no re-cut mask for a pose whose mask leaked"
+    det = recuts[0].detections[0]
+    assert det.object_id == "duck" and recuts[0].header.frame_id == "test_camera"
+    cut = np.frombuffer(bytes(det.mask.data), np.uint8).reshape(det.mask.height, det.mask.width) > 0
+    assert cut.any() and (cut != leaky).any()
+    assert second and second[0].object_id == "duck", "retrieval did not answer the re-cut mask"
+    assert all(g.alive().values())

@@ -9,7 +9,12 @@ Out: /object_pose (geometry_msgs/PoseStamped: T_camera_object of `target_object`
      /gspose/markers (MarkerArray), TF gspose/<object_id> and vision_msgs/Detection3DArray
      when those packages are installed.
 An object whose refined pose checks out (score >= min_score) is tracked on every camera
-frame until the tracker loses it; then the next detection re-initialises it. An initial pose
+frame until the tracker loses it; then the next detection re-initialises it. A rejected pose
+gets the Estimator's second pass: the object is cut again around its render and the new mask
+goes back to the retrieval node (/gspose/recut_detections); the pose retrieved on it
+(STATUS_INITIAL_RECUT) must check >= max(min_score, recut_below), since a mask cut around a
+render flatters that render's check. (The Estimator also tries it for accepted poses checking
+below recut_below; here those are already being tracked.) An initial pose
 sent without a mask cannot be checked: it is scored by the refinement's own fit, which against
 a cluttered background rarely passes (it was reported with score 1.0 before, wrong or not).
 """
@@ -27,15 +32,17 @@ from sensor_msgs.msg import CameraInfo, Image
 from visualization_msgs.msg import Marker, MarkerArray
 
 from ..core.errors import InputError
-from ..core.estimator import EstimatorConfig, refine_and_check
+from ..core.estimator import EstimatorConfig, recut_mask, refine_and_check
 from ..core.refine import AlignConfig, cascade_refine_config
+from ..core.segment import SegmentConfig
 from ..core.track import Tracker
 from ..core.visualize import draw_overlay
-from ..msg import ObjectPoseArray, ObjectPoseEstimate
+from ..msg import DetectionArray, ObjectDetection, ObjectPoseArray, ObjectPoseEstimate
 from .common import SENSOR_QOS, STAGE_QOS, CameraPairing, LatestSlot, RegisteredObjects, declare, run_nodes
 from .conversions import (
     carried_frame,
     image_to_mask,
+    mask_to_image,
     matrix_to_pose,
     matrix_to_pose_stamped,
     pose_to_matrix,
@@ -71,6 +78,9 @@ class RefinerNode(Node):
         steps = declare(self, "refine_steps", 40, "Render-and-compare steps from an initial pose (paper: <= 400 on GPU)")
         self.min_score = declare(self, "min_score", EstimatorConfig.min_score,
                                  "Refined-pose check score (0..1) needed to report a pose")
+        self.recut_below = declare(self, "recut_below", EstimatorConfig.recut_below,
+                                   "A rejected pose's object is cut again around its render for a second retrieval, "
+                                   "whose pose must check at least this well (0: no second pass)")
         self.tracking = declare(self, "tracking", True, "Track found objects frame to frame (else refine every detection)")
         coarse = declare(self, "track_coarse_iters", 3,
                          "Gauss-Newton steps at 64 px per tracked frame (more: a wider reach when frames are dropped)")
@@ -94,6 +104,7 @@ class RefinerNode(Node):
         self.marker_pub = self.create_publisher(MarkerArray, "/gspose/markers", 2)
         self.tf = TransformBroadcaster(self) if TransformBroadcaster is not None else None
         self.det3d_pub = self.create_publisher(Detection3DArray, "/gspose/detections_3d", 2) if Detection3DArray else None
+        self.recut_pub = self.create_publisher(DetectionArray, "/gspose/recut_detections", STAGE_QOS)
         warn = lambda e: self.get_logger().warning(f"skipped: {e}")  # noqa: E731
         self.initial_slot = LatestSlot(self.on_initial, warn)
         self.frame_slot = LatestSlot(self.on_frame, warn)
@@ -108,7 +119,7 @@ class RefinerNode(Node):
         except InputError as exc:
             self.get_logger().warning(f"initial poses skipped: {exc}", throttle_duration_sec=5.0)
             return
-        results = []
+        results, recuts = [], []
         stamp = stamp_ns(msg.header.stamp) / 1e9
         with self._lock:
             for est in msg.poses:
@@ -123,6 +134,13 @@ class RefinerNode(Node):
                 except InputError as exc:
                     self.get_logger().warning(f"{est.object_id}: {exc}", throttle_duration_sec=5.0)
                     continue
+                second_pass = est.status == ObjectPoseEstimate.STATUS_INITIAL_RECUT
+                if second_pass and score < self.recut_below:
+                    continue
+                if score < self.min_score and not second_pass and mask is not None and self.recut_below > 0:
+                    recut = self._recut(est, obj, rgb, mask, T, K)
+                    if recut is not None:
+                        recuts.append(recut)
                 if score < self.min_score:
                     if mask is None:
                         self.get_logger().warning(
@@ -134,7 +152,21 @@ class RefinerNode(Node):
                 tracker.reset(T, stamp, rgb, K)
                 self.tracks[est.object_id] = Track(tracker, T, score)
                 results.append((est.object_id, T, score, ObjectPoseEstimate.STATUS_REFINED, est.box))
+        if recuts:
+            self.recut_pub.publish(DetectionArray(header=msg.header, image=msg.image, camera_info=msg.camera_info,
+                                                  detections=recuts))
         self.publish(msg.header, msg.camera_info, rgb, K, results)
+
+    def _recut(self, est: ObjectPoseEstimate, obj, rgb: np.ndarray, mask: np.ndarray, T: np.ndarray,
+               K: np.ndarray) -> ObjectDetection | None:
+        """The object cut again around the render at a rejected pose (the Estimator's second
+        pass, estimator.recut_mask): None when the new mask is empty or the detection's own."""
+        recut = recut_mask(obj, rgb, mask, T, K, SegmentConfig(), EstimatorConfig.recut_min_change)
+        if recut is None:
+            return None
+        cut, box = recut
+        return ObjectDetection(object_id=est.object_id, score=est.score, box=[float(v) for v in box],
+                               mask=mask_to_image(cut))
 
     # --- camera frames: track ----------------------------------------------------------
     def on_frame(self, image_msg: Image) -> None:

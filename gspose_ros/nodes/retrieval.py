@@ -1,12 +1,17 @@
 """Initial-pose node: detections -> initial poses by template retrieval (GS-Pose stage 3).
 
-In:  /gspose/detections (DetectionArray; several candidates per object, best first).
-Out: /gspose/initial_poses (ObjectPoseArray, STATUS_INITIAL, one pose per object: the best
-     hypothesis of its best-checking candidate, as the Estimator chooses; with the image and
-     camera_info for the refiner). Latest wins when detections arrive faster than retrieval runs.
+In:  /gspose/detections (DetectionArray; several candidates per object, best first), and
+     /gspose/recut_detections (DetectionArray: masks the refiner cut again around a pose it
+     rejected, the Estimator's second pass).
+Out: /gspose/initial_poses (ObjectPoseArray, STATUS_INITIAL, or STATUS_INITIAL_RECUT for re-cut
+     masks; one pose per object: the best hypothesis of its best-checking candidate, as the
+     Estimator chooses; with the image and camera_info for the refiner). Latest wins, per input
+     topic, when detections arrive faster than retrieval runs.
 """
 
 from __future__ import annotations
+
+import threading
 
 from rclpy.node import Node
 
@@ -25,12 +30,20 @@ class RetrievalNode(Node):
         self.frontend = make_frontend(declare_frontend(self, retrieval=True))
         self.objects = RegisteredObjects(self, registry_dir, lambda _id, obj: (obj, self.frontend.prepare(obj)))
         self.pub = self.create_publisher(ObjectPoseArray, "/gspose/initial_poses", STAGE_QOS)
-        self.slot = LatestSlot(self.process, lambda e: self.get_logger().warning(f"detections skipped: {e}"))
+        warn = lambda e: self.get_logger().warning(f"detections skipped: {e}")  # noqa: E731
+        self._lock = threading.Lock()  # two input slots, one retrieval at a time
+        self.slot = LatestSlot(lambda m: self.process(m, ObjectPoseEstimate.STATUS_INITIAL), warn)
+        self.recut_slot = LatestSlot(lambda m: self.process(m, ObjectPoseEstimate.STATUS_INITIAL_RECUT), warn)
         self.create_subscription(DetectionArray, "/gspose/detections", self.slot.put, STAGE_QOS)
+        self.create_subscription(DetectionArray, "/gspose/recut_detections", self.recut_slot.put, STAGE_QOS)
 
-    def process(self, msg: DetectionArray) -> None:
+    def process(self, msg: DetectionArray, status: int = ObjectPoseEstimate.STATUS_INITIAL) -> None:
         if not msg.detections:
             return
+        with self._lock:
+            self._retrieve(msg, status)
+
+    def _retrieve(self, msg: DetectionArray, status: int) -> None:
         try:
             rgb, K = carried_frame(msg)
         except InputError as exc:
@@ -56,7 +69,7 @@ class RetrievalNode(Node):
             index, hypotheses = retrieved
             det = dets[index]
             out.poses.append(ObjectPoseEstimate(object_id=object_id, pose=matrix_to_pose(hypotheses[0].T),
-                                                score=float(det.score), status=ObjectPoseEstimate.STATUS_INITIAL,
+                                                score=float(det.score), status=status,
                                                 box=list(det.box), mask=det.mask))
         if out.poses:
             self.pub.publish(out)
