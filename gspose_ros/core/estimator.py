@@ -8,7 +8,8 @@ Registration builds, per object, everything the stages need: reference masks
 (stored in the 3DGO's metadata); the front end (frontend.py: weight-free or
 learned) derives the rest from the 3DGO when an object is added or loaded. A candidate becomes a pose only if its
 refined render agrees with the image (score >= min_score): that is how
-"not found" is decided.
+"not found" is decided. A pose that checks poorly (below recut_below) gets a second pass:
+the object cut again around its render, retrieved and refined again on that mask.
 """
 
 from __future__ import annotations

@@ -141,6 +141,8 @@ class RefinerNode(Node):
                     recut = self._recut(est, obj, rgb, mask, T, K)
                     if recut is not None:
                         recuts.append(recut)
+                        self.get_logger().info(f"{est.object_id}: pose rejected ({score:.2f}); object cut again "
+                                               "around it for a second retrieval", throttle_duration_sec=5.0)
                 if score < self.min_score:
                     if mask is None:
                         self.get_logger().warning(
