@@ -26,14 +26,14 @@ from .detect import Detection, check_image, colour_model
 from .errors import InputError
 from .frontend import COLOUR_KEY, FrontEnd, FrontEndConfig, WeightFreeFrontEnd, make_frontend
 from .gaussians import GaussianObject
-from .geometry import check_intrinsics, mask_box
+from .geometry import check_intrinsics
 from .refine import RefineConfig, RefineResult, cascade_refine_config, refine_pose
 from .registry import check_object_id
 from .retrieve import PoseCheck, PoseHypothesis, QueryCrop
-from .segment import SegmentConfig, cut_around_pose
+from .segment import recut_mask
 from .views import validate_views
 
-__all__ = ["COLOUR_KEY", "Estimator", "EstimatorConfig", "ObjectPose", "EstimateReport", "build_object", "recut_mask", "refine_and_check"]
+__all__ = ["COLOUR_KEY", "Estimator", "EstimatorConfig", "ObjectPose", "EstimateReport", "build_object", "refine_and_check"]
 
 
 @dataclass
@@ -129,20 +129,6 @@ def refine_and_check(obj: GaussianObject, image: np.ndarray, mask: np.ndarray | 
         return result.T, result.confidence, None
     check = QueryCrop(image, mask, np.asarray(box, dtype=np.float64), K).check(obj, result.T)
     return result.T, check.confidence, check
-
-
-def recut_mask(obj: GaussianObject, image: np.ndarray, mask: np.ndarray, T: np.ndarray, K: np.ndarray,
-               segment: SegmentConfig, min_change: float) -> tuple[np.ndarray, np.ndarray] | None:
-    """The second pass's mask: the object cut again around its render at T (a pose that checked
-    poorly against `mask`), with its box; None when the cut is empty or within `min_change`
-    (1 - IoU) of `mask`, where a second retrieval would only repeat the first. Shared by the
-    Estimator and the refiner node."""
-    cut = cut_around_pose(image, obj, T, K, segment)
-    box = mask_box(cut)
-    if box is None or cut.sum() < 16:
-        return None
-    overlap = (cut & mask).sum() / max((cut | mask).sum(), 1)
-    return None if overlap > 1.0 - min_change else (cut, box)
 
 
 class Estimator:
@@ -250,7 +236,7 @@ class Estimator:
         busy scenes GrabCut leaks into background of the object's colours, which misleads
         retrieval (the silhouette is wrong) and pulls refinement towards the leak. A pose that
         is roughly right excludes the leak, so the object is cut again around its render
-        (segment.cut_around_pose) and retrieved and refined again on the new mask."""
+        (segment.recut_mask) and retrieved and refined again on the new mask."""
         recut = recut_mask(registered.gaussians, image, first.mask, first.T, K, self.config.frontend.segment,
                            self.config.recut_min_change)
         if recut is None:

@@ -32,9 +32,9 @@ from sensor_msgs.msg import CameraInfo, Image
 from visualization_msgs.msg import Marker, MarkerArray
 
 from ..core.errors import InputError
-from ..core.estimator import EstimatorConfig, recut_mask, refine_and_check
+from ..core.estimator import EstimatorConfig, refine_and_check
 from ..core.refine import AlignConfig, cascade_refine_config
-from ..core.segment import SegmentConfig
+from ..core.segment import SegmentConfig, recut_mask
 from ..core.track import Tracker
 from ..core.visualize import draw_overlay
 from ..msg import DetectionArray, ObjectDetection, ObjectPoseArray, ObjectPoseEstimate
@@ -162,7 +162,7 @@ class RefinerNode(Node):
     def _recut(self, est: ObjectPoseEstimate, obj, rgb: np.ndarray, mask: np.ndarray, T: np.ndarray,
                K: np.ndarray) -> ObjectDetection | None:
         """The object cut again around the render at a rejected pose (the Estimator's second
-        pass, estimator.recut_mask): None when the new mask is empty or the detection's own."""
+        pass, segment.recut_mask): None when the new mask is empty or the detection's own."""
         recut = recut_mask(obj, rgb, mask, T, K, SegmentConfig(), EstimatorConfig.recut_min_change)
         if recut is None:
             return None
