@@ -56,6 +56,14 @@ def test_cosegmentation_refuses_views_without_a_consistent_object(duck_refs, rng
         cosegment(noise, same_axis, [f.K for f in frames])
 
 
+@pytest.mark.parametrize("bad", [dict(grabcut_rounds=0), dict(final_resolution=1), dict(grabcut_iters=0),
+                                 dict(vote_fraction=1.5), dict(min_confidence=-0.1)])
+def test_segmentation_settings_that_cannot_work_are_refused(bad):
+    # grabcut_rounds=0 used to run one round silently; now every unusable setting is named
+    with pytest.raises(InputError, match=next(iter(bad))):
+        SegmentConfig(**bad)
+
+
 def test_detector_finds_the_object_in_clutter(duck_refs, dataset):
     _, loaded = duck_refs
     model = colour_model([i for i, _ in loaded], [m for _, m in loaded])

@@ -54,6 +54,17 @@ class SegmentConfig:
     min_confidence: float = 0.5  # median view confidence below this: refuse
     seed: int = 0  # GrabCut's colour models start from OpenCV's global RNG: reseeded, the same views give the same masks
 
+    def __post_init__(self):
+        if self.grabcut_rounds < 1:
+            raise InputError(f"grabcut_rounds must be >= 1 (the first cut is what the later hulls refine), "
+                             f"got {self.grabcut_rounds}")
+        for name, least in (("resolution", 2), ("final_resolution", 2), ("grabcut_size", 8), ("grabcut_iters", 1)):
+            if getattr(self, name) < least:
+                raise InputError(f"SegmentConfig.{name} must be >= {least}, got {getattr(self, name)}")
+        for name in ("vote_fraction", "final_vote_fraction", "prob_threshold", "min_confidence"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise InputError(f"SegmentConfig.{name} must be in [0, 1], got {getattr(self, name)}")
+
 
 @dataclass
 class CoSegmentation:
@@ -228,7 +239,7 @@ def cosegment(images, poses, Ks, config: SegmentConfig | None = None) -> CoSegme
     #    previous hull -> GrabCut again ... ; each hull is tighter, so each round leaks less
     box = np.stack([centre - radius, centre + radius])
     resolution, max_votes, masks_in = cfg.resolution, int(cfg.vote_fraction * len(images)), rough
-    for _ in range(max(1, cfg.grabcut_rounds)):
+    for _ in range(cfg.grabcut_rounds):
         grid, spacing_px = _grid(box, resolution, poses, Ks)
         votes = outside_votes_of(grid, masks_in, poses, Ks)
         hull = _hull_masks(grid, votes, max_votes, spacing_px, poses, Ks, shapes)

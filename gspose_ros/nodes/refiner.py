@@ -34,7 +34,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 from ..core.errors import InputError
 from ..core.estimator import EstimatorConfig, refine_and_check
 from ..core.refine import AlignConfig, cascade_refine_config
-from ..core.segment import SegmentConfig, recut_mask
+from ..core.segment import recut_mask
 from ..core.track import Tracker
 from ..core.visualize import draw_overlay
 from ..msg import DetectionArray, ObjectDetection, ObjectPoseArray, ObjectPoseEstimate
@@ -75,7 +75,8 @@ class RefinerNode(Node):
         registry_dir = declare(self, "registry_dir", "~/.gspose_ros/objects", "Directory of registered objects")
         self.target = declare(self, "target_object", "",
                               "Object whose pose goes to /object_pose ('': the most confident one in each frame)")
-        steps = declare(self, "refine_steps", 40, "Render-and-compare steps from an initial pose (paper: <= 400 on GPU)")
+        steps = declare(self, "refine_steps", cascade_refine_config().max_steps,
+                        "Render-and-compare steps from an initial pose (paper: <= 400 on GPU)")
         self.min_score = declare(self, "min_score", EstimatorConfig.min_score,
                                  "Refined-pose check score (0..1) needed to report a pose")
         self.recut_below = declare(self, "recut_below", EstimatorConfig.recut_below,
@@ -94,6 +95,8 @@ class RefinerNode(Node):
         tolerance = declare(self, "camera_info_tolerance_s", 0.05,
                             "Largest stamp difference accepted between an image and its camera_info")
         self.refine_config = cascade_refine_config(int(steps))
+        # the cut of the second pass is the Estimator's (its default front end's segmentation settings)
+        self.segment_config = EstimatorConfig().frontend.segment
         self.objects = RegisteredObjects(self, registry_dir, lambda _id, obj: obj)
         self.tracks: dict[str, Track] = {}
         self.pairing = CameraPairing(tolerance)
@@ -163,7 +166,7 @@ class RefinerNode(Node):
                K: np.ndarray) -> ObjectDetection | None:
         """The object cut again around the render at a rejected pose (the Estimator's second
         pass, segment.recut_mask): None when the new mask is empty or the detection's own."""
-        recut = recut_mask(obj, rgb, mask, T, K, SegmentConfig(), EstimatorConfig.recut_min_change)
+        recut = recut_mask(obj, rgb, mask, T, K, self.segment_config, EstimatorConfig.recut_min_change)
         if recut is None:
             return None
         cut, box = recut

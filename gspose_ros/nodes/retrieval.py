@@ -37,7 +37,7 @@ class RetrievalNode(Node):
         self.create_subscription(DetectionArray, "/gspose/detections", self.slot.put, STAGE_QOS)
         self.create_subscription(DetectionArray, "/gspose/recut_detections", self.recut_slot.put, STAGE_QOS)
 
-    def process(self, msg: DetectionArray, status: int = ObjectPoseEstimate.STATUS_INITIAL) -> None:
+    def process(self, msg: DetectionArray, status: int) -> None:
         if not msg.detections:
             return
         with self._lock:
