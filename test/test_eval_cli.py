@@ -32,7 +32,21 @@ def test_eval_pipeline_runs_the_cascade_without_ground_truth(dataset, tmp_path, 
     assert s["detected"] <= s["candidate_hit"] <= 1.0
     assert data["background_images"] == 1 and data["background_false_positives"] >= 0
     assert all("det_iou" in row and "timings" in row for row in data["frames"]["3"])
-    assert "false positives" in capsys.readouterr().out
+    # every frame is counted once by outcome, and "posed" is exactly the frames within 0.1 d
+    assert sum(s["outcomes"].values()) == s["frames"]
+    assert all((row["outcome"] == "posed") == bool(row["add_0.1d"]) for row in data["frames"]["3"])
+    printed = capsys.readouterr().out
+    assert "false positives" in printed and "frames by outcome" in printed
+
+
+def test_a_miss_is_blamed_on_the_first_stage_that_went_wrong():
+    outcome = gspose_eval.frame_outcome
+    assert outcome(True, 0.95, True, False) == "posed"
+    assert outcome(False, 0.0, False, False) == "no candidate"
+    assert outcome(True, 0.3, False, True) == "wrong candidate"  # a right pose on a wrong blob is luck
+    assert outcome(True, 0.95, False, True) == "right pose rejected"
+    assert outcome(True, 0.6, False, False) == "poor mask"
+    assert outcome(True, 0.95, False, False) == "wrong pose"
 
 
 def test_eval_reports_bad_input(tmp_path, capsys):

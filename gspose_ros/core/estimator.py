@@ -81,6 +81,9 @@ class EstimateReport:
     # the candidate mask retrieval chose, also when its refined pose was then rejected (None: no
     # candidate passed the detection score): what the detector stage alone is measured by
     detection: Detection | None = None
+    # the best pose refined for this object when it checked below min_score (so `pose` is None):
+    # what tells a wrong pose rightly refused from a right one refused by too strict a bar
+    rejected: ObjectPose | None = None
 
 
 @dataclass
@@ -227,7 +230,7 @@ class Estimator:
             timings["recut"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - start
         if best is not None and best.score < self.config.min_score:
-            best = None
+            return EstimateReport(object_id, None, timings, det, rejected=best)
         return EstimateReport(object_id, best, timings, det)
 
     def _recut(self, registered: RegisteredObject, image: np.ndarray, K: np.ndarray,

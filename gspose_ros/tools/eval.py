@@ -12,7 +12,9 @@ and --background-images adds object-free clutter images for the same count.
 Its table has two detection columns: `cand`, the detector stage alone (the
 candidate mask retrieval chose overlaps mask_visib with IoU >= 0.5, whether or
 not its refined pose then passed the not-found check), and `det`, the same for
-reported poses only.
+reported poses only. Below the table each object's frames are counted by outcome,
+the first stage that went wrong (frame_outcome): no candidate, wrong candidate,
+poor mask, wrong pose, right pose rejected, or posed.
 """
 
 from __future__ import annotations
@@ -127,6 +129,28 @@ def evaluate_object(args, obj_id, info, log):
     return summary, rows
 
 
+# Why a frame did or did not end within ADD(-S)@0.1d, by the first stage that went wrong
+# (judged with the ground truth the cascade never sees): what to work on next
+OUTCOMES = ("posed", "no candidate", "wrong candidate", "poor mask", "wrong pose", "right pose rejected")
+GOOD_MASK_IOU = 0.85  # a candidate below this overlaps the object but leaks or misses enough to mislead
+
+
+def frame_outcome(detected: bool, candidate_iou: float, posed: bool, rejected_right: bool) -> str:
+    """posed: reported within 0.1 d; no candidate: nothing passed the detection score; wrong
+    candidate: the chosen mask is not the object (IoU < 0.5); right pose rejected: a pose within
+    0.1 d checked below min_score; poor mask: the chosen mask overlaps the object but IoU <
+    GOOD_MASK_IOU; wrong pose: a good mask, yet retrieval and refinement ended elsewhere."""
+    if posed:
+        return "posed"
+    if not detected:
+        return "no candidate"
+    if candidate_iou < 0.5:
+        return "wrong candidate"
+    if rejected_right:
+        return "right pose rejected"
+    return "poor mask" if candidate_iou < GOOD_MASK_IOU else "wrong pose"
+
+
 def _mask_iou(a, b) -> float:
     union = (a | b).sum()
     return float((a & b).sum() / union) if union else 0.0
@@ -181,10 +205,14 @@ def evaluate_pipeline(args, ids, infos, log):
                             "init": metrics.pose_errors(pose.T_initial, f.T, points, f.K, diameter, symmetric),
                             **metrics.pose_errors(pose.T, f.T, points, f.K, diameter, symmetric)})
                 row["detected"] = row["det_iou"] >= 0.5
+            rejected_right = report.rejected is not None and bool(metrics.pose_errors(
+                report.rejected.T, f.T, points, f.K, diameter, symmetric)["add_0.1d"])
+            row["outcome"] = frame_outcome(report.detection is not None, row["candidate_iou"], bool(row["add_0.1d"]),
+                                           rejected_right)
             rows[obj_id].append(row)
             add = f"ADD {row['add'] * 1000:.1f} mm" if pose is not None else "not found"
             log(f"  obj {obj_id} scene {f.scene_id} im {f.im_id}: {add}, det IoU {row['det_iou']:.2f}, "
-                f"{report.timings['total']:.2f} s")
+                f"{report.timings['total']:.2f} s, {row['outcome']}")
     rng = np.random.default_rng(args.seed + 7)
     bg_false = 0
     for _ in range(args.background_images):
@@ -199,6 +227,7 @@ def evaluate_pipeline(args, ids, infos, log):
             "obj_id": obj_id, "symmetric": bop.is_symmetric(infos[obj_id]), "frames": len(r), "num_refs": args.num_refs,
             "detected": float(np.mean([x["detected"] for x in r])),
             "candidate_hit": float(np.mean([x["candidate_iou"] >= 0.5 for x in r])),
+            "outcomes": {name: sum(x["outcome"] == name for x in r) for name in OUTCOMES},
             "add_0.1d": float(np.mean([x["add_0.1d"] for x in r])),
             "init_add_0.1d": float(np.mean([x["init"]["add_0.1d"] for x in r])),
             "proj2d_5px": float(np.mean([x["proj2d_5px"] for x in r])),
@@ -230,6 +259,10 @@ def print_table(summaries, out=None):
     n = sum(s["frames"] for s in summaries)
     avg = sum(s["add_0.1d"] * s["frames"] for s in summaries) / max(n, 1)
     print(f"all  {n:>6}      {100 * avg:>11.1f}%", file=out)
+    for s in summaries:
+        if "outcomes" in s:
+            counts = ", ".join(f"{k} {v}" for k, v in s["outcomes"].items() if v)
+            print(f"obj {s['obj_id']} frames by outcome: {counts}", file=out)
 
 
 def parse_args(argv=None):
