@@ -6,7 +6,7 @@ import pytest
 from gspose_ros.core import bop, metrics, synth
 from gspose_ros.core.detect import DetectorConfig, colour_model, detect
 from gspose_ros.core.errors import InputError
-from gspose_ros.core.estimator import COLOUR_KEY, Estimator, refine_and_check
+from gspose_ros.core.estimator import COLOUR_KEY, Estimator, ObjectPose, choose_refined, refine_and_check
 from gspose_ros.core.geometry import mask_box
 from gspose_ros.core.refine import cascade_refine_config, perturb_pose
 from gspose_ros.core.registry import check_object_id
@@ -173,3 +173,17 @@ def test_a_leaky_detection_mask_is_cut_again_around_a_rough_pose(built_duck, dat
     T_rough = perturb_pose(f.T, np.random.default_rng(1), max_rot_deg=10, max_depth_frac=0.03, max_lateral_frac=0.01)
     cut = cut_around_pose(image, built_duck, T_rough, f.K, SegmentConfig())
     assert _iou(cut, gt) > 0.85 and _iou(cut, gt) > _iou(leaky, gt) + 0.1, (_iou(cut, gt), _iou(leaky, gt))
+
+
+def test_of_two_refined_poses_the_one_that_explains_the_detection_is_kept(built_duck, dataset):
+    f = bop.load_split_frames(dataset, "test", 3)[2]
+    image, gt = f.load()
+    box = mask_box(gt)
+    # the same pose turned half a turn about the object's own vertical axis: a flip
+    flip = f.T.copy()
+    flip[:3, :3] = f.T[:3, :3] @ np.diag([-1.0, 1.0, -1.0])
+    poses = [ObjectPose("duck", T, score, gt, box, {}) for T, score in ((flip, 0.7), (f.T, 0.6))]
+    chosen = choose_refined(built_duck, image, gt, box, f.K, poses)
+    assert chosen is poses[1] and chosen.score == 0.6  # kept with its own confidence
+    assert choose_refined(built_duck, image, gt, box, f.K, poses[:1]) is poses[0]
+    assert choose_refined(built_duck, image, gt, box, f.K, []) is None

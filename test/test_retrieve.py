@@ -6,11 +6,21 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from scipy.spatial.transform import Rotation
 
 from gspose_ros.core import metrics, synth
 from gspose_ros.core.errors import InputError
+from gspose_ros.core.geometry import make_pose, rotation_error_deg
 from gspose_ros.core.render import render
-from gspose_ros.core.retrieve import PoseCheck, build_template_bank, edge_agreement, hypothesis_score, retrieve_pose
+from gspose_ros.core.retrieve import (
+    PoseCheck,
+    PoseHypothesis,
+    build_template_bank,
+    distinct_hypotheses,
+    edge_agreement,
+    hypothesis_score,
+    retrieve_pose,
+)
 
 
 @pytest.fixture(scope="module")
@@ -65,3 +75,16 @@ def test_edge_strength_asks_whether_the_distinctive_edges_are_there():
     # and the ranking of unrefined hypotheses rewards it, all else equal
     check = PoseCheck(iou=0.9, orientation=0.5, chroma_error=0.05)
     assert hypothesis_score(0.8, replace(check, edge_strength=same)) > hypothesis_score(0.8, replace(check, edge_strength=missing))
+
+
+def test_only_distinct_rotations_are_refined_side_by_side():
+    def hyp(deg, score):
+        T = make_pose(Rotation.from_euler("z", deg, degrees=True).as_matrix(), np.array([0, 0, 0.5]))
+        return PoseHypothesis(T, 0.9, 0.9, score)
+
+    ranked = [hyp(0, 3.0), hyp(10, 2.9), hyp(180, 2.8), hyp(25, 2.7), hyp(60, 2.6)]
+    picked = distinct_hypotheses(ranked, 3)
+    # neighbours of the best (10 and 25 deg) would refine to the same pose: skipped, order kept
+    assert [round(p.score, 1) for p in picked] == [3.0, 2.8, 2.6]
+    assert all(rotation_error_deg(a.T, b.T) >= 30 for a in picked for b in picked if a is not b)
+    assert distinct_hypotheses(ranked, 1) == ranked[:1] and distinct_hypotheses([], 2) == []

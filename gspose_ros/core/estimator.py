@@ -29,18 +29,24 @@ from .gaussians import GaussianObject
 from .geometry import check_intrinsics
 from .refine import RefineConfig, RefineResult, cascade_refine_config, refine_pose
 from .registry import check_object_id
-from .retrieve import PoseCheck, PoseHypothesis, QueryCrop
+from .retrieve import CHOOSE_SIZE, PoseCheck, PoseHypothesis, QueryCrop, distinct_hypotheses
 from .segment import recut_mask
 from .views import validate_views
 
-__all__ = ["COLOUR_KEY", "Estimator", "EstimatorConfig", "ObjectPose", "EstimateReport", "build_object", "refine_and_check"]
+__all__ = ["COLOUR_KEY", "Estimator", "EstimatorConfig", "ObjectPose", "EstimateReport", "build_object", "choose_refined",
+           "refine_and_check"]
 
 
 @dataclass
 class EstimatorConfig:
     frontend: FrontEndConfig = field(default_factory=FrontEndConfig)  # backend, detector, templates, ...
     retrieval_top_k: int = 32  # silhouette matches re-ranked by render-and-compare
-    hypotheses: int = 1  # best-ranked hypotheses refined for the chosen candidate (each costs a refinement)
+    # distinct (>= 30 deg apart) best-ranked hypotheses refined for the chosen candidate; with more
+    # than one, the refined poses are compared by their check at CHOOSE_SIZE (128 px). Measured
+    # (RESULTS.md, 60 frames): 2 took ADD(-S)@0.1d from 73.3 to 76.7 % (low-texture bracket 90 ->
+    # 100 %, same false poses) but the time per image 1.3-2.5 -> 2.4-3.8 s, past the 2 s budget;
+    # 2 with half the refinement steps each: 73.3 %. So 1 by default, 2 where time allows
+    hypotheses: int = 1
     refine: RefineConfig = field(default_factory=cascade_refine_config)
     # "not found" thresholds, set on synthetic scenes vs object-free clutter (RESULTS.md):
     min_score: float = 0.6  # the refined pose's check score (in [0, 1])
@@ -134,6 +140,18 @@ def refine_and_check(obj: GaussianObject, image: np.ndarray, mask: np.ndarray | 
     return result.T, check.confidence, check
 
 
+def choose_refined(obj: GaussianObject, image: np.ndarray, mask: np.ndarray, box, K: np.ndarray,
+                   refined: list[ObjectPose]) -> ObjectPose | None:
+    """Of the poses refined from one detection's hypotheses, the one that explains it best, judged
+    at CHOOSE_SIZE: finer than the confidence's check, because flips of a refined pose differ in
+    detail (an outline, an inner edge). The pose keeps its CHECK_SIZE confidence, on which the
+    not-found bars were set."""
+    if len(refined) < 2:
+        return refined[0] if refined else None
+    fine = QueryCrop(image, mask, np.asarray(box, dtype=np.float64), K, size=CHOOSE_SIZE)
+    return max(refined, key=lambda pose: fine.check(obj, pose.T).score)
+
+
 class Estimator:
     """Registered objects and the cascade that finds them. Thread-safe: registration of one
     object may run while estimate() serves the others."""
@@ -217,10 +235,12 @@ class Estimator:
             t0 = time.perf_counter()
             index, hypotheses = retrieved
             det = detections[index]
-            for hyp in hypotheses[: self.config.hypotheses]:
+            refined = []
+            for hyp in distinct_hypotheses(hypotheses, max(1, self.config.hypotheses)):
                 T, confidence, check = refine_and_check(gaussians, image, det.mask, det.box, hyp.T, K, self.config.refine)
-                if np.all(np.isfinite(T)) and (best is None or confidence > best.score):
-                    best = ObjectPose(object_id, T, confidence, det.mask, det.box, timings, check, det.score, hyp.T)
+                if np.all(np.isfinite(T)):
+                    refined.append(ObjectPose(object_id, T, confidence, det.mask, det.box, timings, check, det.score, hyp.T))
+            best = choose_refined(gaussians, image, det.mask, det.box, K, refined)
             timings["refine"] = time.perf_counter() - t0
         if best is not None and best.score < self.config.recut_below:
             t0 = time.perf_counter()

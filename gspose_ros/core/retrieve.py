@@ -33,7 +33,7 @@ import torch
 
 from .errors import InputError
 from .gaussians import GaussianObject
-from .geometry import allocentric_to_egocentric, crop_window_from_box, make_pose, mask_box, project
+from .geometry import allocentric_to_egocentric, crop_window_from_box, make_pose, mask_box, project, rotation_error_deg
 from .render import look_at_pose, render
 from .views import crop_image
 
@@ -41,6 +41,11 @@ DESC_SIZE = 24  # silhouette descriptor side (pixels)
 TEMPLATE_SIZE = 96
 PAD = 1.2
 CHECK_SIZE = 64  # render-and-compare crop side
+# crop side at which refined poses of one detection are compared with each other: refined poses
+# are aligned to a pixel, so the finer outline and inner edges of a flip show. Measured on the 43
+# frames (/tmp/ds2, 64 co-segmented refs) whose three best distinct hypotheses refined to both
+# right and wrong poses: PoseCheck.score picks a right one in 38 at 64 px, 42 at 128 and 192 px
+CHOOSE_SIZE = 128
 
 
 @dataclass
@@ -299,6 +304,19 @@ def hypothesis_score(similarity: float, check: PoseCheck) -> float:
     per object, top of 32 hypotheses within 15 deg, box / bracket / duck): with the detected
     mask 8/15/6 -> 8/18/10, with the true mask 20/16/8 -> 20/18/17 (score was PoseCheck.score)."""
     return 2.0 * check.iou + 2.0 * similarity - 3.0 * check.chroma_error + 0.5 * check.edge_strength
+
+
+def distinct_hypotheses(hypotheses: list[PoseHypothesis], n: int, min_angle_deg: float = 30.0) -> list[PoseHypothesis]:
+    """The first n hypotheses (in ranking order) whose rotations differ pairwise by at least
+    min_angle_deg: neighbouring templates (~10 deg apart) refine to the same pose, so refining
+    more than one is only worth it across distinct rotations."""
+    picked: list[PoseHypothesis] = []
+    for h in hypotheses:
+        if len(picked) >= n:
+            break
+        if all(rotation_error_deg(h.T, p.T) >= min_angle_deg for p in picked):
+            picked.append(h)
+    return picked
 
 
 def retrieve_pose(obj: GaussianObject, bank: TemplateBank, image: np.ndarray, mask: np.ndarray, K: np.ndarray,

@@ -163,7 +163,8 @@ def evaluate_pipeline(args, ids, infos, log):
         if args.backend == "learned" else {})
     est = Estimator(EstimatorConfig(frontend=frontend, refine=cascade_refine_config(args.refine_steps),
                                     min_detection_score=args.min_detection_score, min_score=args.min_score,
-                                    max_candidates=args.max_candidates, recut_below=args.recut_below))
+                                    max_candidates=args.max_candidates, recut_below=args.recut_below,
+                                    hypotheses=args.hypotheses))
     built = {}
     for obj_id in ids:
         obj, build_s, psnrs = get_object(args, obj_id, log, est.frontend)
@@ -292,6 +293,8 @@ def parse_args(argv=None):
                    help="pipeline: refined poses checking less are reported as not found")
     p.add_argument("--recut-below", type=float, default=EstimatorConfig.recut_below,
                    help="pipeline: poses checking less get a second pass on a mask re-cut around their render (0: none)")
+    p.add_argument("--hypotheses", type=int, default=EstimatorConfig.hypotheses,
+                   help="pipeline: distinct retrieval hypotheses refined per detection, the best kept (each costs a refinement)")
     p.add_argument("--max-frames", type=int, default=20, help="queries per object")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--build-iters", type=int, default=BuildConfig.iterations)
