@@ -6,7 +6,7 @@ import pytest
 from gspose_ros.core import bop, metrics, synth
 from gspose_ros.core.detect import DetectorConfig, colour_model, detect
 from gspose_ros.core.errors import InputError
-from gspose_ros.core.estimator import COLOUR_KEY, Estimator, ObjectPose, choose_refined, refine_and_check
+from gspose_ros.core.estimator import COLOUR_KEY, Estimator, EstimatorConfig, ObjectPose, choose_refined, refine_and_check
 from gspose_ros.core.geometry import mask_box
 from gspose_ros.core.refine import cascade_refine_config, perturb_pose
 from gspose_ros.core.registry import check_object_id
@@ -187,3 +187,5 @@ def test_of_two_refined_poses_the_one_that_explains_the_detection_is_kept(built_
     assert chosen is poses[1] and chosen.score == 0.6  # kept with its own confidence
     assert choose_refined(built_duck, image, gt, box, f.K, poses[:1]) is poses[0]
     assert choose_refined(built_duck, image, gt, box, f.K, []) is None
+    with pytest.raises(InputError, match="hypotheses"):  # 0 used to be read as 1 silently
+        EstimatorConfig(hypotheses=0)

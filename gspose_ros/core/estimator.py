@@ -63,6 +63,10 @@ class EstimatorConfig:
     recut_below: float = 0.75
     recut_min_change: float = 0.05  # a re-cut mask closer than this (1 - IoU) to the detection changes nothing: skipped
 
+    def __post_init__(self):
+        if self.hypotheses < 1:
+            raise InputError(f"hypotheses must be >= 1 (refined per detection), got {self.hypotheses}")
+
 
 @dataclass
 class ObjectPose:
@@ -235,12 +239,8 @@ class Estimator:
             t0 = time.perf_counter()
             index, hypotheses = retrieved
             det = detections[index]
-            refined = []
-            for hyp in distinct_hypotheses(hypotheses, max(1, self.config.hypotheses)):
-                T, confidence, check = refine_and_check(gaussians, image, det.mask, det.box, hyp.T, K, self.config.refine)
-                if np.all(np.isfinite(T)):
-                    refined.append(ObjectPose(object_id, T, confidence, det.mask, det.box, timings, check, det.score, hyp.T))
-            best = choose_refined(gaussians, image, det.mask, det.box, K, refined)
+            best = self._refine_best(registered, image, K, det.mask, det.box, det.score, hypotheses,
+                                     self.config.hypotheses, timings)
             timings["refine"] = time.perf_counter() - t0
         if best is not None and best.score < self.config.recut_below:
             t0 = time.perf_counter()
@@ -267,11 +267,18 @@ class Estimator:
         mask, box = recut
         hypotheses = self.frontend.retrieve(registered.gaussians, registered.prepared, image, mask, K,
                                             self.config.retrieval_top_k)
-        if not hypotheses:
-            return None
-        T, confidence, check = refine_and_check(registered.gaussians, image, mask, box, hypotheses[0].T, K,
-                                                self.config.refine)
-        if not np.all(np.isfinite(T)):
-            return None
-        return ObjectPose(first.object_id, T, confidence, mask, box, first.timings, check, first.detection_score,
-                          hypotheses[0].T)
+        # one hypothesis: the second pass was measured so (RESULTS.md), also with hypotheses=2
+        return self._refine_best(registered, image, K, mask, box, first.detection_score, hypotheses, 1, first.timings)
+
+    def _refine_best(self, registered: RegisteredObject, image: np.ndarray, K: np.ndarray, mask: np.ndarray, box,
+                     detection_score: float, hypotheses: list[PoseHypothesis], n: int,
+                     timings: dict) -> ObjectPose | None:
+        """Refine the best n distinct hypotheses on one mask and keep the one choose_refined
+        prefers (None when there is none, or every refinement diverged). Both passes use it."""
+        refined = []
+        for hyp in distinct_hypotheses(hypotheses, n):
+            T, confidence, check = refine_and_check(registered.gaussians, image, mask, box, hyp.T, K, self.config.refine)
+            if np.all(np.isfinite(T)):
+                refined.append(ObjectPose(registered.object_id, T, confidence, mask, box, timings, check,
+                                          detection_score, hyp.T))
+        return choose_refined(registered.gaussians, image, mask, box, K, refined)
