@@ -1,8 +1,10 @@
 import numpy as np
+import pytest
 import torch
 from scipy.ndimage import uniform_filter
 
-from gspose_ros.core.losses import ms_ssim, psnr, ssim
+from gspose_ros.core.errors import InputError
+from gspose_ros.core.losses import appearance_loss, appearance_loss_and_grad, ms_ssim, psnr, ssim
 
 
 def ssim_reference(x, y, win=7):
@@ -45,3 +47,26 @@ def test_psnr_inside_mask():
     mask[5:] = True
     assert psnr(a, b, mask) > 100
     assert abs(psnr(a, b) - 10 * np.log10(1 / 0.005)) < 1e-4
+
+
+@pytest.mark.parametrize("kind", ["ssim", "l1ssim"])
+@pytest.mark.parametrize("shape", [(64, 64), (45, 58)])  # odd sizes: MS-SSIM's pooling drops an edge
+def test_numba_losses_match_torch_value_and_gradient(rng, kind, shape):
+    """The CPU refinement path differentiates the losses by hand: value and gradient must equal autograd's."""
+    x = rng.uniform(0, 1, shape + (3,))
+    y = np.clip(x + rng.normal(0, 0.15, x.shape), 0, 1)
+    x[:10, :10] = y[:10, :10]  # equal pixels: L1's gradient there is 0 in both
+    xt = torch.from_numpy(x).requires_grad_()
+    loss = appearance_loss(kind, xt, torch.from_numpy(y))
+    loss.backward()
+    value, grad = appearance_loss_and_grad(kind, x, y)
+    assert grad.shape == x.shape
+    assert abs(value - float(loss.detach())) < 1e-10
+    assert np.allclose(grad, xt.grad.numpy(), rtol=1e-8, atol=1e-14)
+    assert np.abs(grad).max() > 0
+
+
+def test_numba_losses_refuse_an_unknown_loss(rng):
+    x = rng.uniform(0, 1, (16, 16, 3))
+    with pytest.raises(InputError, match="unknown refinement loss 'l2'"):
+        appearance_loss_and_grad("l2", x, x)

@@ -2,10 +2,14 @@
 
 import numpy as np
 import pytest
+import torch
 
 from gspose_ros.core import bop, metrics, synth
 from gspose_ros.core.errors import InputError
-from gspose_ros.core.refine import AlignConfig, RefineConfig, align_pose, perturb_pose, refine_pose
+from gspose_ros.core.geometry import crop_window_from_pose
+from gspose_ros.core.losses import appearance_loss
+from gspose_ros.core.refine import AlignConfig, CpuPoseLoss, RefineConfig, align_pose, apply_delta, perturb_pose, prepare_query, refine_pose
+from gspose_ros.core.render import render
 from gspose_ros.core.track import Tracker, smooth_trajectory
 
 
@@ -33,6 +37,30 @@ def test_refinement_recovers_perturbed_pose(obj, queries, dataset):
         assert r.ok and 0 < r.confidence <= 1 and r.iterations >= RefineConfig.min_steps
     assert np.mean(after) < 0.5 * np.mean(before)
     assert np.median(after) < 0.1 * d
+
+
+@pytest.mark.parametrize("loss", ["ssim", "l1ssim"])
+def test_cpu_pose_gradient_equals_autograd(obj, queries, loss):
+    """The CPU refinement steps on forward-mode Jacobians times the losses' hand-written gradients;
+    away from the start pose (rotation and depth changed) it must be autograd's gradient."""
+    f = queries[0]
+    img, mask = f.load()
+    window = crop_window_from_pose(f.T, f.K, obj.diameter / 2, 64, 1.1)
+    target_rgb, target_mask = prepare_query(img, mask, window)
+    K_crop = torch.from_numpy(window.crop_intrinsics(f.K)).float()
+    T0 = torch.from_numpy(f.T).float()
+    g = obj.activated().frozen_for_pose(T0)
+    rot = torch.tensor([0.08, -0.05, 0.12], requires_grad=True)
+    trans = torch.tensor([0.01, -0.02, 0.06], requires_grad=True)
+    out = render(g, apply_delta(T0, rot, trans), K_crop, 64, 64)
+    value = appearance_loss(loss, out.rgb, target_rgb) + 3.0 * (out.alpha - target_mask).abs().mean()
+    value.backward()
+    ours, grad_rot, grad_trans, alpha = CpuPoseLoss(g, K_crop, 64, target_rgb, target_mask, loss, 3.0)(
+        f.T, rot.detach().double().numpy(), trans.detach().double().numpy())
+    assert abs(ours - float(value.detach())) < 1e-5
+    np.testing.assert_allclose(grad_rot, rot.grad.numpy(), rtol=1e-3, atol=1e-4 * np.abs(grad_rot).max())
+    np.testing.assert_allclose(grad_trans, trans.grad.numpy(), rtol=1e-3, atol=1e-4 * np.abs(grad_trans).max())
+    assert np.abs(alpha - out.alpha.detach().numpy()).max() < 1e-4
 
 
 def test_refinement_at_the_coarse_size_only_returns_its_result(obj, queries):
