@@ -395,13 +395,18 @@ def _forward_jacobian(packed, lists, offsets, d_mean, d_conic, width, height, ti
     for t in prange(ntx * nty):
         ty, tx = t // ntx, t % ntx
         start, end = offsets[t], offsets[t + 1]
-        dpow = np.zeros(6)
+        # per-pixel accumulators in local arrays, written out once per pixel: the inner loop
+        # then touches no (H, W, 3, 6) output memory
         S = np.zeros(6)
+        acc_r, acc_g, acc_b = np.zeros(6), np.zeros(6), np.zeros(6)
         for py in range(ty * tile, min(height, (ty + 1) * tile)):
             for px in range(tx * tile, min(width, (tx + 1) * tile)):
                 fx, fy = px + 0.5, py + 0.5
                 T = 1.0
                 S[:] = 0.0
+                acc_r[:] = 0.0
+                acc_g[:] = 0.0
+                acc_b[:] = 0.0
                 r = 0.0
                 gr = 0.0
                 b = 0.0
@@ -422,21 +427,25 @@ def _forward_jacobian(packed, lists, offsets, d_mean, d_conic, width, height, ti
                     g = lists[k]
                     cr, cg, cb = packed[k, CR], packed[k, CG], packed[k, CBL]
                     w = alpha * T
-                    pmx = a * dx + bb * dy  # d power / d mean_x
-                    pmy = bb * dx + c * dy
-                    for j in range(6):
-                        if raw > ALPHA_MAX:
-                            dpow[j] = 0.0
-                        else:
-                            dpow[j] = (pmx * d_mean[g, 0, j] + pmy * d_mean[g, 1, j]
-                                       - 0.5 * dx * dx * d_conic[g, 0, j] - dx * dy * d_conic[g, 1, j]
-                                       - 0.5 * dy * dy * d_conic[g, 2, j])
-                        dalpha = alpha * dpow[j]
-                        dw = T * (dalpha - alpha * S[j])
-                        out_drgb[py, px, 0, j] += cr * dw
-                        out_drgb[py, px, 1, j] += cg * dw
-                        out_drgb[py, px, 2, j] += cb * dw
-                        S[j] += dalpha / (1.0 - alpha)
+                    inv_one_minus = 1.0 / (1.0 - alpha)
+                    if raw > ALPHA_MAX:  # clamped: alpha does not move with the pose
+                        for j in range(6):
+                            dw = -T * alpha * S[j]
+                            acc_r[j] += cr * dw
+                            acc_g[j] += cg * dw
+                            acc_b[j] += cb * dw
+                    else:
+                        pmx = a * dx + bb * dy  # d power / d mean_x
+                        pmy = bb * dx + c * dy
+                        hxx, hxy, hyy = 0.5 * dx * dx, dx * dy, 0.5 * dy * dy
+                        for j in range(6):
+                            dalpha = alpha * (pmx * d_mean[g, 0, j] + pmy * d_mean[g, 1, j] - hxx * d_conic[g, 0, j]
+                                              - hxy * d_conic[g, 1, j] - hyy * d_conic[g, 2, j])
+                            dw = T * (dalpha - alpha * S[j])
+                            acc_r[j] += cr * dw
+                            acc_g[j] += cg * dw
+                            acc_b[j] += cb * dw
+                            S[j] += dalpha * inv_one_minus
                     r += cr * w
                     gr += cg * w
                     b += cb * w
@@ -446,6 +455,9 @@ def _forward_jacobian(packed, lists, offsets, d_mean, d_conic, width, height, ti
                 out_rgb[py, px, 2] = b
                 out_T[py, px] = T
                 for j in range(6):
+                    out_drgb[py, px, 0, j] = acc_r[j]
+                    out_drgb[py, px, 1, j] = acc_g[j]
+                    out_drgb[py, px, 2, j] = acc_b[j]
                     out_dalpha[py, px, j] = T * S[j]
 
 
