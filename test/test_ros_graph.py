@@ -51,8 +51,9 @@ def graph(tmp_path_factory, built_duck, dataset):
     g = NodeGraph(log_dir=str(tmp_path_factory.mktemp("logs")), env={"ROS_DOMAIN_ID": "77"})
     os.environ["ROS_DOMAIN_ID"] = "77"
     g.start("registration", registry_dir=registry_dir, build_iterations=60)
-    for name in ("detector", "retrieval"):
-        g.start(name, registry_dir=registry_dir)
+    g.start("detector", registry_dir=registry_dir)
+    # two hypotheses per detection: the refiner refines both and keeps the better-checking one
+    g.start("retrieval", registry_dir=registry_dir, hypotheses=2)
     g.start("refiner", registry_dir=registry_dir, tracking=False, publish_overlay=True)
     rclpy.init()
     client = Node("gspose_test_client")
@@ -177,19 +178,14 @@ def test_object_pose_from_published_images(graph, dataset):
     assert all(g.alive().values())
 
 
-def test_retrieval_answers_re_cut_masks_as_second_pass_poses(graph, dataset):
-    """The second pass's hand-off over DDS: a mask on /gspose/recut_detections (what the refiner
-    sends after cutting a rejected pose's object again, segment.recut_mask) comes back from the
-    retrieval node as a STATUS_INITIAL_RECUT pose, which the refiner holds to recut_below.
-    (Whether the refiner rejects a given pose depends on the 3DGO's fit: the cut itself is
-    tested in test_cascade.py.)"""
+def _detection_of_the_duck(client, dataset, index):
+    """A DetectionArray carrying test frame `index` of the duck and its ground-truth mask."""
     from std_msgs.msg import Header
 
-    from gspose_ros.msg import DetectionArray, ObjectDetection, ObjectPoseArray, ObjectPoseEstimate
+    from gspose_ros.msg import DetectionArray, ObjectDetection
     from gspose_ros.nodes.conversions import mask_to_image
 
-    g, client, _ = graph
-    f = bop.load_split_frames(dataset, "test", 3)[1]
+    f = bop.load_split_frames(dataset, "test", 3)[index]
     image, gt = f.load()
     ys, xs = np.nonzero(gt)
     header = Header(stamp=client.get_clock().now().to_msg(), frame_id="test_camera")
@@ -197,18 +193,60 @@ def test_retrieval_answers_re_cut_masks_as_second_pass_poses(graph, dataset):
                           camera_info=K_to_camera_info(f.K, image.shape[1], image.shape[0], header))
     sent.detections.append(ObjectDetection(object_id="duck", score=0.9, mask=mask_to_image(gt),
                                            box=[float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]))
-    second = []
-    client.create_subscription(ObjectPoseArray, "/gspose/initial_poses",
-                               lambda m: second.extend(p for p in m.poses
-                                                       if p.status == ObjectPoseEstimate.STATUS_INITIAL_RECUT), 10)
-    pub = client.create_publisher(DetectionArray, "/gspose/recut_detections", 10)
-    deadline = time.monotonic() + 120.0
-    while not second and time.monotonic() < deadline:
+    return sent, image
+
+
+def _initial_poses_for(client, topic, sent, status, timeout=120.0):
+    """Publish `sent` on `topic` until the retrieval node answers it; its poses of `status`."""
+    from gspose_ros.msg import DetectionArray, ObjectPoseArray
+
+    stamp = (sent.header.stamp.sec, sent.header.stamp.nanosec)
+    answers = []
+    sub = client.create_subscription(ObjectPoseArray, "/gspose/initial_poses",
+                                     lambda m: answers.append(m) if (m.header.stamp.sec, m.header.stamp.nanosec) == stamp
+                                     else None, 10)
+    pub = client.create_publisher(DetectionArray, topic, 10)
+    deadline = time.monotonic() + timeout
+    while not answers and time.monotonic() < deadline:
         pub.publish(sent)  # again until answered: a node still loading the object skips what comes first
         end = time.monotonic() + 5.0
-        while not second and time.monotonic() < end:
+        while not answers and time.monotonic() < end:
             rclpy.spin_once(client, timeout_sec=0.1)
-    assert second, "retrieval did not answer the re-cut mask"
+    client.destroy_subscription(sub)
+    client.destroy_publisher(pub)
+    assert answers, f"retrieval did not answer on {topic}"
+    return [p for p in answers[0].poses if p.status == status]
+
+
+def test_retrieval_sends_distinct_hypotheses_per_detection(graph, dataset):
+    """hypotheses=2 (set for this graph): two entries for the one detection, best first, with the
+    detection's mask and box, rotations at least 30 deg apart (retrieve.distinct_hypotheses)."""
+    from gspose_ros.core.geometry import rotation_error_deg
+    from gspose_ros.msg import ObjectPoseEstimate
+
+    g, client, _ = graph
+    sent, image = _detection_of_the_duck(client, dataset, 2)
+    poses = _initial_poses_for(client, "/gspose/detections", sent, ObjectPoseEstimate.STATUS_INITIAL)
+    assert [p.object_id for p in poses] == ["duck", "duck"]
+    assert all(p.mask.height == image.shape[0] and list(p.box) == list(sent.detections[0].box) for p in poses)
+    T0, T1 = (pose_to_matrix(p.pose) for p in poses)
+    assert rotation_error_deg(T0, T1) >= 30.0
+    assert all(g.alive().values())
+
+
+def test_retrieval_answers_re_cut_masks_as_second_pass_poses(graph, dataset):
+    """The second pass's hand-off over DDS: a mask on /gspose/recut_detections (what the refiner
+    sends after cutting a rejected pose's object again, segment.recut_mask) comes back from the
+    retrieval node as a STATUS_INITIAL_RECUT pose, which the refiner holds to recut_below.
+    (Whether the refiner rejects a given pose depends on the 3DGO's fit: the cut itself is
+    tested in test_cascade.py.)"""
+    from gspose_ros.msg import ObjectPoseEstimate
+
+    g, client, _ = graph
+    sent, image = _detection_of_the_duck(client, dataset, 1)
+    second = _initial_poses_for(client, "/gspose/recut_detections", sent, ObjectPoseEstimate.STATUS_INITIAL_RECUT)
+    # one hypothesis on a re-cut mask, as the Estimator's second pass (the graph sends two otherwise)
+    assert len(second) == 1, second
     assert second[0].object_id == "duck" and second[0].mask.height == image.shape[0]
     T = pose_to_matrix(second[0].pose)
     assert np.all(np.isfinite(T)) and T[2, 3] > 0

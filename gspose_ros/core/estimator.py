@@ -34,7 +34,7 @@ from .segment import recut_mask
 from .views import validate_views
 
 __all__ = ["COLOUR_KEY", "Estimator", "EstimatorConfig", "ObjectPose", "EstimateReport", "build_object", "choose_refined",
-           "refine_and_check"]
+           "refine_and_check", "refine_best"]
 
 
 @dataclass
@@ -144,16 +144,33 @@ def refine_and_check(obj: GaussianObject, image: np.ndarray, mask: np.ndarray | 
     return result.T, check.confidence, check
 
 
-def choose_refined(obj: GaussianObject, image: np.ndarray, mask: np.ndarray, box, K: np.ndarray,
+def choose_refined(obj: GaussianObject, image: np.ndarray, mask: np.ndarray | None, box, K: np.ndarray,
                    refined: list[ObjectPose]) -> ObjectPose | None:
     """Of the poses refined from one detection's hypotheses, the one that explains it best, judged
     at CHOOSE_SIZE: finer than the confidence's check, because flips of a refined pose differ in
     detail (an outline, an inner edge). The pose keeps its CHECK_SIZE confidence, on which the
-    not-found bars were set."""
+    not-found bars were set. Without a mask there is nothing to check: the most confident wins."""
     if len(refined) < 2:
         return refined[0] if refined else None
+    if mask is None or not np.asarray(mask).any():
+        return max(refined, key=lambda pose: pose.score)
     fine = QueryCrop(image, mask, np.asarray(box, dtype=np.float64), K, size=CHOOSE_SIZE)
     return max(refined, key=lambda pose: fine.check(obj, pose.T).score)
+
+
+def refine_best(object_id: str, obj: GaussianObject, image: np.ndarray, mask: np.ndarray | None, box, K: np.ndarray,
+                initial_poses: list[np.ndarray], config: RefineConfig, detection_score: float = 0.0,
+                timings: dict | None = None) -> ObjectPose | None:
+    """Refine each initial pose of one detection (distinct hypotheses, best first) and keep the
+    one choose_refined prefers; None when there is none or every refinement diverged. Shared by
+    the Estimator (both passes) and the refiner node."""
+    refined = []
+    for T_initial in initial_poses:
+        T, confidence, check = refine_and_check(obj, image, mask, box, T_initial, K, config)
+        if np.all(np.isfinite(T)):
+            refined.append(ObjectPose(object_id, T, confidence, mask, box, timings if timings is not None else {},
+                                      check, detection_score, T_initial))
+    return choose_refined(obj, image, mask, box, K, refined)
 
 
 class Estimator:
@@ -273,12 +290,7 @@ class Estimator:
     def _refine_best(self, registered: RegisteredObject, image: np.ndarray, K: np.ndarray, mask: np.ndarray, box,
                      detection_score: float, hypotheses: list[PoseHypothesis], n: int,
                      timings: dict) -> ObjectPose | None:
-        """Refine the best n distinct hypotheses on one mask and keep the one choose_refined
-        prefers (None when there is none, or every refinement diverged). Both passes use it."""
-        refined = []
-        for hyp in distinct_hypotheses(hypotheses, n):
-            T, confidence, check = refine_and_check(registered.gaussians, image, mask, box, hyp.T, K, self.config.refine)
-            if np.all(np.isfinite(T)):
-                refined.append(ObjectPose(registered.object_id, T, confidence, mask, box, timings, check,
-                                          detection_score, hyp.T))
-        return choose_refined(registered.gaussians, image, mask, box, K, refined)
+        """refine_best over the best n distinct hypotheses of one mask (both passes use it)."""
+        initial = [h.T for h in distinct_hypotheses(hypotheses, n)]
+        return refine_best(registered.object_id, registered.gaussians, image, mask, box, K, initial, self.config.refine,
+                           detection_score, timings)

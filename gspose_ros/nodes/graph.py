@@ -24,10 +24,13 @@ def default_config() -> str:
     return os.path.join(get_package_share_directory("gspose_ros"), "config", "gspose.yaml")
 
 
-def _param(name: str, value) -> str:
+def _param(node: str | None, name: str, value) -> str:
+    """A -p override. Qualified by the node's name: a bare `name:=value` loses to the same
+    parameter in the node's own section of the params file (measured: the retrieval node kept
+    the file's `hypotheses`), so overrides for such parameters were silently ignored."""
     if isinstance(value, bool):
         value = "true" if value else "false"
-    return f"{name}:={value}"
+    return f"{node}:{name}:={value}" if node else f"{name}:={value}"
 
 
 class NodeGraph:
@@ -40,11 +43,11 @@ class NodeGraph:
         self.procs: dict[str, subprocess.Popen] = {}
 
     def start(self, name: str, **params) -> subprocess.Popen:
-        exe, _ = EXECUTABLES[name]
+        exe, node = EXECUTABLES[name]
         path = os.path.join(get_package_prefix("gspose_ros"), "lib", "gspose_ros", exe)
         cmd = [path, "--ros-args", "--params-file", self.config]
         for key, value in params.items():
-            cmd += ["-p", _param(key, value)]
+            cmd += ["-p", _param(node, key, value)]
         out = subprocess.DEVNULL
         if self.log_dir:
             os.makedirs(self.log_dir, exist_ok=True)

@@ -1,8 +1,10 @@
 """Refiner / tracker node: initial pose -> refined pose, then frame-to-frame tracking
 (GS-Pose stages 4 and 5).
 
-In:  /gspose/initial_poses (ObjectPoseArray with image, camera_info and masks), and the
-     camera (/camera/image_raw + /camera/camera_info) for tracking.
+In:  /gspose/initial_poses (ObjectPoseArray with image, camera_info and masks; consecutive
+     entries of one object are hypotheses of one detection, best first: each is refined and the
+     best-checking one kept, estimator.refine_best), and the camera (/camera/image_raw +
+     /camera/camera_info) for tracking.
 Out: /object_pose (geometry_msgs/PoseStamped: T_camera_object of `target_object`, or of
      the most confident object, in the image's frame with its stamp), /gspose/object_poses
      (ObjectPoseArray: every object, with id, score and status), /gspose/overlay (Image),
@@ -32,7 +34,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from visualization_msgs.msg import Marker, MarkerArray
 
 from ..core.errors import InputError
-from ..core.estimator import EstimatorConfig, refine_and_check
+from ..core.estimator import EstimatorConfig, refine_best
 from ..core.refine import AlignConfig, cascade_refine_config
 from ..core.segment import recut_mask
 from ..core.track import Tracker
@@ -124,19 +126,27 @@ class RefinerNode(Node):
             return
         results, recuts = [], []
         stamp = stamp_ns(msg.header.stamp) / 1e9
+        hypotheses: dict[str, list[ObjectPoseEstimate]] = {}  # per object, best first
+        for est in msg.poses:
+            hypotheses.setdefault(est.object_id, []).append(est)
         with self._lock:
-            for est in msg.poses:
-                obj = self.objects.get(est.object_id)
-                track = self.tracks.get(est.object_id)
+            for object_id, ests in hypotheses.items():
+                est = ests[0]  # mask, box, score and status are the detection's, the same in each
+                obj = self.objects.get(object_id)
+                track = self.tracks.get(object_id)
                 if obj is None or (self.tracking and track is not None and track.active):
                     continue  # tracked objects follow the camera frames; detections re-initialise lost ones
                 try:
                     mask = image_to_mask(est.mask) if est.mask.height else None
-                    T0 = pose_to_matrix(est.pose, f"{est.object_id} initial pose")
-                    T, score, _ = refine_and_check(obj, rgb, mask, est.box, T0, K, self.refine_config)
+                    initial = [pose_to_matrix(e.pose, f"{object_id} initial pose") for e in ests]
+                    best = refine_best(object_id, obj, rgb, mask, est.box, K, initial, self.refine_config)
                 except InputError as exc:
-                    self.get_logger().warning(f"{est.object_id}: {exc}", throttle_duration_sec=5.0)
+                    self.get_logger().warning(f"{object_id}: {exc}", throttle_duration_sec=5.0)
                     continue
+                if best is None:
+                    self.get_logger().warning(f"{object_id}: refinement diverged", throttle_duration_sec=5.0)
+                    continue
+                T, score = best.T, best.score
                 second_pass = est.status == ObjectPoseEstimate.STATUS_INITIAL_RECUT
                 if second_pass and score < self.recut_below:
                     continue

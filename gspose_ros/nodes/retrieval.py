@@ -4,9 +4,11 @@ In:  /gspose/detections (DetectionArray; several candidates per object, best fir
      /gspose/recut_detections (DetectionArray: masks the refiner cut again around a pose it
      rejected, the Estimator's second pass).
 Out: /gspose/initial_poses (ObjectPoseArray, STATUS_INITIAL, or STATUS_INITIAL_RECUT for re-cut
-     masks; one pose per object: the best hypothesis of its best-checking candidate, as the
-     Estimator chooses; with the image and camera_info for the refiner). Latest wins, per input
-     topic, when detections arrive faster than retrieval runs.
+     masks; per object, the `hypotheses` best distinct hypotheses of its best-checking candidate,
+     best first, as consecutive entries with the same object_id, mask and box (the Estimator's
+     choice; a re-cut mask gets one, as the Estimator's second pass); with the image and
+     camera_info for the refiner). Latest wins, per input topic, when detections arrive faster
+     than retrieval runs.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import threading
 from rclpy.node import Node
 
 from ..core.errors import InputError
+from ..core.estimator import EstimatorConfig
 from ..core.frontend import make_frontend
+from ..core.retrieve import distinct_hypotheses
 from ..msg import DetectionArray, ObjectPoseArray, ObjectPoseEstimate
 from .common import STAGE_QOS, LatestSlot, RegisteredObjects, declare, declare_frontend, run_nodes
 from .conversions import carried_frame, image_to_mask, matrix_to_pose
@@ -27,6 +31,12 @@ class RetrievalNode(Node):
         super().__init__("gspose_retrieval", **kwargs)
         registry_dir = declare(self, "registry_dir", "~/.gspose_ros/objects", "Directory of registered objects")
         self.top_k = declare(self, "retrieval_top_k", 32, "Template matches re-ranked by render-and-compare")
+        self.hypotheses = declare(self, "hypotheses", EstimatorConfig.hypotheses,
+                                  "Distinct (>= 30 deg apart) hypotheses sent per detection; the refiner refines "
+                                  "each and keeps the best-checking one")
+        if self.hypotheses < 1:
+            raise InputError(f"parameter hypotheses must be >= 1, got {self.hypotheses}")
+        self.get_logger().info(f"{self.hypotheses} distinct hypotheses per detection")
         self.frontend = make_frontend(declare_frontend(self, retrieval=True))
         self.objects = RegisteredObjects(self, registry_dir, lambda _id, obj: (obj, self.frontend.prepare(obj)))
         self.pub = self.create_publisher(ObjectPoseArray, "/gspose/initial_poses", STAGE_QOS)
@@ -68,9 +78,11 @@ class RetrievalNode(Node):
                 continue
             index, hypotheses = retrieved
             det = dets[index]
-            out.poses.append(ObjectPoseEstimate(object_id=object_id, pose=matrix_to_pose(hypotheses[0].T),
-                                                score=float(det.score), status=status,
-                                                box=list(det.box), mask=det.mask))
+            n = 1 if status == ObjectPoseEstimate.STATUS_INITIAL_RECUT else self.hypotheses
+            for hypothesis in distinct_hypotheses(hypotheses, n):
+                out.poses.append(ObjectPoseEstimate(object_id=object_id, pose=matrix_to_pose(hypothesis.T),
+                                                    score=float(det.score), status=status,
+                                                    box=list(det.box), mask=det.mask))
         if out.poses:
             self.pub.publish(out)
 
