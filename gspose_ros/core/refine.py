@@ -127,6 +127,12 @@ def _so3_left_jacobian(phi: np.ndarray) -> np.ndarray:
     return np.eye(3) + (1 - np.cos(theta)) / theta**2 * K + (theta - np.sin(theta)) / theta**3 * K @ K
 
 
+def _jacobian_arrays(g) -> tuple[np.ndarray, ...]:
+    """What render_with_jacobian takes from pose-frozen Gaussians: float64 means, object-frame
+    covariances, colours and opacities."""
+    return tuple(np.ascontiguousarray(x.double().numpy()) for x in (g.means, g.covariances, g.colors, g.opacities))
+
+
 class CpuPoseLoss:
     """The refinement loss at a pose and its exact gradient in apply_delta's (rot, trans), without
     autograd: the forward-mode rasterizer's pose Jacobians (perturbation xi = (w, tau) at the
@@ -134,7 +140,7 @@ class CpuPoseLoss:
 
     def __init__(self, g, K_crop: torch.Tensor, size: int, target_rgb: torch.Tensor, target_mask: torch.Tensor | None,
                  loss: str, mask_weight: float):
-        self.arrays = tuple(np.ascontiguousarray(x.double().numpy()) for x in (g.means, g.covariances, g.colors, g.opacities))
+        self.arrays = _jacobian_arrays(g)
         self.Ks = shifted_intrinsics(K_crop.double()).numpy()
         self.size, self.loss, self.mask_weight = size, loss, mask_weight
         self.target_rgb = target_rgb.double().numpy()
@@ -300,7 +306,7 @@ def align_pose(obj: GaussianObject, image: np.ndarray, mask: np.ndarray | None, 
     start = time.perf_counter()
     image, mask, T_init, K, window = _prepare_query(obj, image, mask, T_init, K, cfg.crop_size, cfg.pad, window)
     g = obj.activated().frozen_for_pose(torch.from_numpy(T_init).float())
-    arrays = tuple(np.ascontiguousarray(x.double().numpy()) for x in (g.means, g.covariances, g.colors, g.opacities))
+    arrays = _jacobian_arrays(g)
     T = T_init.copy()
     iterations = 0
     stages = [(s, n) for s, n in ((cfg.coarse_size, cfg.coarse_iters), (cfg.crop_size, cfg.fine_iters)) if n > 0]
