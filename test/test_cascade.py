@@ -10,7 +10,7 @@ from gspose_ros.core.estimator import COLOUR_KEY, Estimator, EstimatorConfig, Ob
 from gspose_ros.core.geometry import mask_box
 from gspose_ros.core.refine import cascade_refine_config, perturb_pose
 from gspose_ros.core.registry import check_object_id
-from gspose_ros.core.segment import SegmentConfig, cosegment, cut_around_pose
+from gspose_ros.core.segment import SegmentConfig, cosegment, cut_around_pose, open_mask
 
 
 def _iou(a, b):
@@ -137,6 +137,24 @@ def test_a_pose_without_a_mask_is_not_reported_as_certain(built_duck, dataset):
     # no mask, nothing to check against: the refinement's own fit, never an unverified 1.0
     T, confidence, check = refine_and_check(built_duck, image, None, mask_box(gt_mask), T0, f.K, cfg)
     assert check is None and 0.0 <= confidence < 1.0 and np.all(np.isfinite(T))
+
+
+def test_open_mask_drops_thin_leaks_and_keeps_the_body():
+    """Retrieval's view of a detection: a GrabCut leak along a 3-px line is gone, the body stays."""
+    body = np.zeros((200, 240), bool)
+    body[60:140, 50:130] = True
+    leaky = body.copy()
+    leaky[98:101, 130:230] = True  # a thin line of the object's colour, grown into the mask
+    opened = open_mask(leaky, 0.06)  # disc of ~5 px on this 80-px body
+    assert not opened[:, 135:].any()
+    assert (opened & body).sum() >= 0.97 * body.sum() and (opened & ~body).sum() <= 10  # a stub where it joined
+    assert np.array_equal(open_mask(leaky, 0.0), leaky)
+    speck = np.zeros((50, 50), bool)
+    speck[10:13, 10:13] = True  # nothing would survive the opening: the mask is kept as it is
+    assert np.array_equal(open_mask(speck, 0.3), speck)
+    for bad in (-0.1, 0.5, float("nan")):
+        with pytest.raises(InputError, match="retrieval_opening"):
+            EstimatorConfig(retrieval_opening=bad)
 
 
 def test_objects_without_a_usable_colour_model_are_refused(built_duck):

@@ -21,7 +21,7 @@ from .detect import Detection, DetectorConfig, detect
 from .errors import InputError
 from .gaussians import GaussianObject
 from .retrieve import PoseHypothesis, TemplateBank, build_template_bank, retrieve_pose
-from .segment import CoSegmentation, SegmentConfig, cosegment
+from .segment import CoSegmentation, SegmentConfig, cosegment, open_mask
 
 BACKENDS = ("weight_free", "learned")
 COLOUR_KEY = "detector_colour_hsv"  # where registration stores the colour model in the 3DGO's metadata
@@ -77,16 +77,18 @@ class FrontEnd:
         return retrieve_pose(obj, prepared.bank, image, mask, K, top_k, self.describe(image, mask, prepared))
 
     def retrieve_best(self, obj: GaussianObject, prepared, image: np.ndarray, masks: list[np.ndarray], K: np.ndarray,
-                      top_k: int = 32) -> tuple[int, list[PoseHypothesis]] | None:
+                      top_k: int = 32, opening: float = 0.0) -> tuple[int, list[PoseHypothesis]] | None:
         """Retrieval on every candidate mask of one object; (index of the candidate with the
         best-checking hypothesis, its hypotheses), or None when no mask gives any. Retrieval is
         cheap and its check already says which candidate looks like the object, so only that one
         need pay for a refinement. Candidates are compared by PoseCheck.score, the verdict's own
         measure, not by the hypothesis ranking: the ranking leans on silhouette similarity, which
-        a wrong blob of the object's colour can match too (duck: right candidate 19 -> 17 of 20)."""
+        a wrong blob of the object's colour can match too (duck: right candidate 19 -> 17 of 20).
+        `opening` > 0: each mask is retrieved on without its thin parts (segment.open_mask); the
+        silhouette ranking is sensitive to a leak along a line, which refinement is not."""
         best, best_score = None, -np.inf
         for i, mask in enumerate(masks):
-            hypotheses = self.retrieve(obj, prepared, image, mask, K, top_k)
+            hypotheses = self.retrieve(obj, prepared, image, open_mask(mask, opening), K, top_k)
             score = max((h.check.score for h in hypotheses if h.check is not None), default=-np.inf)
             if hypotheses and (best is None or score > best_score):
                 best, best_score = (i, hypotheses), score

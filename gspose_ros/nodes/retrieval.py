@@ -31,11 +31,14 @@ class RetrievalNode(Node):
         super().__init__("gspose_retrieval", **kwargs)
         registry_dir = declare(self, "registry_dir", "~/.gspose_ros/objects", "Directory of registered objects")
         self.top_k = declare(self, "retrieval_top_k", 32, "Template matches re-ranked by render-and-compare")
+        self.opening = declare(self, "retrieval_opening", EstimatorConfig.retrieval_opening,
+                               "Retrieve on the detection mask without parts thinner than this x sqrt(mask area) "
+                               "(0: the mask as detected)")
         self.hypotheses = declare(self, "hypotheses", EstimatorConfig.hypotheses,
                                   "Distinct (>= 30 deg apart) hypotheses sent per detection; the refiner refines "
                                   "each and keeps the best-checking one")
-        if self.hypotheses < 1:
-            raise InputError(f"parameter hypotheses must be >= 1, got {self.hypotheses}")
+        # the Estimator's checks: hypotheses >= 1, retrieval_opening in [0, 0.5)
+        EstimatorConfig(hypotheses=self.hypotheses, retrieval_opening=self.opening)
         self.get_logger().info(f"{self.hypotheses} distinct hypotheses per detection")
         self.frontend = make_frontend(declare_frontend(self, retrieval=True))
         self.objects = RegisteredObjects(self, registry_dir, lambda _id, obj: (obj, self.frontend.prepare(obj)))
@@ -63,6 +66,9 @@ class RetrievalNode(Node):
         candidates: dict[str, list] = {}  # the detector sends up to max_candidates per object, best first
         for det in msg.detections:
             candidates.setdefault(det.object_id, []).append(det)
+        # a re-cut mask was cut around a render, not grown by GrabCut from colour: used as is (as
+        # the Estimator's second pass)
+        recut = status == ObjectPoseEstimate.STATUS_INITIAL_RECUT
         for object_id, dets in candidates.items():
             entry = self.objects.get(object_id)
             if entry is None:
@@ -70,7 +76,7 @@ class RetrievalNode(Node):
             obj, prepared = entry
             try:
                 retrieved = self.frontend.retrieve_best(obj, prepared, rgb, [image_to_mask(d.mask) for d in dets], K,
-                                                        self.top_k)
+                                                        self.top_k, 0.0 if recut else self.opening)
             except InputError as exc:
                 self.get_logger().warning(f"{object_id}: {exc}", throttle_duration_sec=5.0)
                 continue
@@ -78,7 +84,7 @@ class RetrievalNode(Node):
                 continue
             index, hypotheses = retrieved
             det = dets[index]
-            n = 1 if status == ObjectPoseEstimate.STATUS_INITIAL_RECUT else self.hypotheses
+            n = 1 if recut else self.hypotheses
             for hypothesis in distinct_hypotheses(hypotheses, n):
                 out.poses.append(ObjectPoseEstimate(object_id=object_id, pose=matrix_to_pose(hypothesis.T),
                                                     score=float(det.score), status=status,

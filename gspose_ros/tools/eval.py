@@ -164,7 +164,7 @@ def evaluate_pipeline(args, ids, infos, log):
     est = Estimator(EstimatorConfig(frontend=frontend, refine=cascade_refine_config(args.refine_steps),
                                     min_detection_score=args.min_detection_score, min_score=args.min_score,
                                     max_candidates=args.max_candidates, recut_below=args.recut_below,
-                                    hypotheses=args.hypotheses))
+                                    hypotheses=args.hypotheses, retrieval_opening=args.retrieval_opening))
     built = {}
     for obj_id in ids:
         obj, build_s, psnrs = get_object(args, obj_id, log, est.frontend)
@@ -293,6 +293,8 @@ def parse_args(argv=None):
                    help="pipeline: refined poses checking less are reported as not found")
     p.add_argument("--recut-below", type=float, default=EstimatorConfig.recut_below,
                    help="pipeline: poses checking less get a second pass on a mask re-cut around their render (0: none)")
+    p.add_argument("--retrieval-opening", type=float, default=EstimatorConfig.retrieval_opening,
+                   help="pipeline: retrieve on the detection mask without parts thinner than this x sqrt(area) (0: off)")
     p.add_argument("--hypotheses", type=int, default=EstimatorConfig.hypotheses,
                    help="pipeline: distinct retrieval hypotheses refined per detection, the best kept (each costs a refinement)")
     p.add_argument("--max-frames", type=int, default=20, help="queries per object")
