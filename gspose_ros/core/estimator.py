@@ -51,7 +51,9 @@ class EstimatorConfig:
     # than one, the refined poses are compared by their check at CHOOSE_SIZE (128 px). Measured
     # (RESULTS.md, 60 frames, before retrieval_opening): 2 took ADD(-S)@0.1d from 73.3 to 76.7 % (bracket 90 ->
     # 100 %, same false poses) but the time per image 1.3-2.5 -> 2.4-3.8 s, past the 2 s budget;
-    # 2 with half the refinement steps each: 73.3 %. So 1 by default, 2 where time allows
+    # 2 with half the refinement steps each: 73.3 %. With retrieval_opening 0.10, 2 gives 73.3 % vs
+    # 76.7 % (bracket 95 -> 100 %, duck 70 -> 55 %: its right and flipped poses check alike at
+    # 128 px, and the opened masks now rank the right one first more often). So 1
     hypotheses: int = 1
     refine: RefineConfig = field(default_factory=cascade_refine_config)
     # "not found" thresholds, set on synthetic scenes vs object-free clutter (RESULTS.md):

@@ -113,7 +113,7 @@ def bench_pipeline(quick):
                                          for k in ("detect", "retrieve", "refine", "recut")}
         res["estimate_second_pass_fraction"] = float(np.mean(["recut" in r.timings for r in reports]))
         res["estimate_found_fraction"] = float(np.mean([r.pose is not None for r in reports]))
-        # the same frames with two distinct hypotheses refined per detection (the more accurate setting)
+        # the same frames with two distinct hypotheses refined per detection (what that setting costs)
         # (same estimator, object already prepared: only the setting the estimate reads changes)
         estimator.config = replace(estimator.config, hypotheses=2)
         res["estimate_seconds_per_frame_2_hypotheses"] = float(np.mean(
