@@ -92,14 +92,21 @@ def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> 
     return float(10.0 * torch.log10(1.0 / mse.clamp(min=1e-12)))
 
 
+REFINE_LOSSES = ("ssim", "l1ssim")
+
+
+def _check_loss(kind: str) -> None:
+    if kind not in REFINE_LOSSES:
+        raise InputError(f"unknown refinement loss {kind!r} ({', '.join(REFINE_LOSSES)})")
+
+
 def appearance_loss(kind: str, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Refinement's image loss: "ssim" (1-SSIM)+(1-MS-SSIM), the paper's refinement loss;
     "l1ssim" L1 + (1-SSIM), the paper's tracking loss. (H, W, 3) images in [0, 1]."""
+    _check_loss(kind)
     if kind == "ssim":
         return ssim_loss(pred, target) + ms_ssim_loss(pred, target)
-    if kind == "l1ssim":
-        return (pred - target).abs().mean() + ssim_loss(pred, target)
-    raise InputError(f"unknown refinement loss {kind!r} (ssim, l1ssim)")
+    return (pred - target).abs().mean() + ssim_loss(pred, target)
 
 
 # --- the same losses with analytic gradients, for the CPU refinement path -----------------
@@ -214,8 +221,7 @@ def _ms_ssim_and_grad(x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
 
 def appearance_loss_and_grad(kind: str, pred: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray]:
     """appearance_loss of (H, W, 3) float images and its gradient with respect to pred (H, W, 3)."""
-    if kind not in ("ssim", "l1ssim"):
-        raise InputError(f"unknown refinement loss {kind!r} (ssim, l1ssim)")
+    _check_loss(kind)
     x = np.ascontiguousarray(np.asarray(pred, dtype=np.float64).transpose(2, 0, 1))
     y = np.ascontiguousarray(np.asarray(target, dtype=np.float64).transpose(2, 0, 1))
     value, grad = _ssim_and_grad(x, y, True)

@@ -121,7 +121,7 @@ def prepare_query(image: np.ndarray, mask: np.ndarray | None, window: CropWindow
 def _so3_left_jacobian(phi: np.ndarray) -> np.ndarray:
     """J_l(phi): exp((phi + d)^) = exp((J_l(phi) d)^) exp(phi^) to first order."""
     theta = float(np.linalg.norm(phi))
-    K = np.array([[0.0, -phi[2], phi[1]], [phi[2], 0.0, -phi[0]], [-phi[1], phi[0], 0.0]])
+    K = _skew(torch.from_numpy(phi)).numpy()
     if theta < 1e-8:
         return np.eye(3) + 0.5 * K
     return np.eye(3) + (1 - np.cos(theta)) / theta**2 * K + (theta - np.sin(theta)) / theta**3 * K @ K
@@ -131,6 +131,11 @@ def _jacobian_arrays(g) -> tuple[np.ndarray, ...]:
     """What render_with_jacobian takes from pose-frozen Gaussians: float64 means, object-frame
     covariances, colours and opacities."""
     return tuple(np.ascontiguousarray(x.double().numpy()) for x in (g.means, g.covariances, g.colors, g.opacities))
+
+
+def _render_at(arrays, T: np.ndarray, Ks: np.ndarray, size: int):
+    """render_with_jacobian of _jacobian_arrays at pose T: (rgb, alpha, d rgb/d xi, d alpha/d xi)."""
+    return render_with_jacobian(*arrays, T[:3, :3].copy(), T[:3, 3].copy(), Ks, size, size, EPS2D, NEAR_PLANE)
 
 
 class CpuPoseLoss:
@@ -149,8 +154,7 @@ class CpuPoseLoss:
     def __call__(self, T0: np.ndarray, rot: np.ndarray, trans: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
         """(loss, d loss/d rot, d loss/d trans, alpha) at apply_delta(T0, rot, trans)."""
         T = _delta_pose_np(T0, np.concatenate([rot, trans]))
-        rgb, alpha, drgb, dalpha = render_with_jacobian(*self.arrays, T[:3, :3].copy(), T[:3, 3].copy(), self.Ks,
-                                                        self.size, self.size, EPS2D, NEAR_PLANE)
+        rgb, alpha, drgb, dalpha = _render_at(self.arrays, T, self.Ks, self.size)
         value, grad_rgb = appearance_loss_and_grad(self.loss, rgb, self.target_rgb)
         grad_xi = drgb.reshape(-1, 6).T @ grad_rgb.reshape(-1)
         if self.target_mask is not None:
@@ -281,9 +285,7 @@ def _delta_pose_np(T: np.ndarray, xi: np.ndarray) -> np.ndarray:
 def _linearise(arrays, T: np.ndarray, Ks: np.ndarray, size: int,
                target_rgb: np.ndarray, target_mask: np.ndarray | None, mask_weight: float):
     """Render at T with pose Jacobians; return (loss, H, grad, alpha) of the least-squares problem."""
-    means, cov_obj, colors, opacities = arrays
-    rgb, alpha, drgb, dalpha = render_with_jacobian(means, cov_obj, colors, opacities, T[:3, :3].copy(), T[:3, 3].copy(),
-                                                    Ks, size, size, EPS2D, NEAR_PLANE)
+    rgb, alpha, drgb, dalpha = _render_at(arrays, T, Ks, size)
     n = size * size
     r = (rgb - target_rgb).reshape(-1)
     J = drgb.reshape(-1, 6)
