@@ -56,8 +56,8 @@ def load_models_info(root: str) -> dict[int, dict]:
     return {int(k): v for k, v in info.items()}
 
 
-def load_model_points(root: str, obj_id: int, max_points: int = 5000, seed: int = 0) -> np.ndarray:
-    """Model vertices in metres (BOP models are in millimetres), subsampled for ADD."""
+def load_model_mesh(root: str, obj_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(vertices in metres (BOP models are in millimetres), triangle indices) of an object's model."""
     path = os.path.join(root, "models", f"obj_{obj_id:06d}.ply")
     if not os.path.isfile(path):
         raise InputError(f"BOP model missing: {path}")
@@ -65,12 +65,34 @@ def load_model_points(root: str, obj_id: int, max_points: int = 5000, seed: int 
         mesh = trimesh.load(path, force="mesh", process=False)
     except Exception as exc:
         raise InputError(f"corrupt BOP model {path}: {exc}") from exc
-    pts = np.asarray(mesh.vertices, dtype=np.float64) / 1000.0
-    if len(pts) == 0:
+    vertices = np.asarray(mesh.vertices, dtype=np.float64) / 1000.0
+    if len(vertices) == 0:
         raise InputError(f"BOP model {path} has no vertices")
+    return vertices, np.asarray(mesh.faces, dtype=np.int64).reshape(-1, 3)
+
+
+def load_model_points(root: str, obj_id: int, max_points: int = 5000, seed: int = 0) -> np.ndarray:
+    """Model vertices in metres, subsampled for ADD."""
+    pts, _ = load_model_mesh(root, obj_id)
     if len(pts) > max_points:
         pts = pts[np.random.default_rng(seed).choice(len(pts), max_points, replace=False)]
     return pts
+
+
+def model_silhouette(vertices: np.ndarray, faces: np.ndarray, T: np.ndarray, K: np.ndarray,
+                     shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool: the model's triangles filled at pose T. Stands in for mask_visib where a
+    split has none, so it ignores occlusion by other objects."""
+    p = vertices @ T[:3, :3].T + T[:3, 3]
+    mask = np.zeros(shape, np.uint8)
+    tris = faces[(p[faces, 2] > 1e-6).all(axis=1)]  # triangles wholly in front of the camera
+    if len(tris):
+        uv = (p @ K.T)[:, :2] / p[:, 2:3].clip(min=1e-6)
+        # 4 fractional bits: sub-pixel vertices, so thin triangles are not rounded away
+        polygons = np.round(uv[tris] * 16).clip(-2**24, 2**24).astype(np.int32)
+        for triangle in polygons:  # one at a time: fillPoly over many polygons leaves their overlaps empty
+            cv2.fillConvexPoly(mask, triangle, 1, lineType=cv2.LINE_8, shift=4)
+    return mask > 0
 
 
 def load_split_frames(root: str, split: str, obj_id: int) -> list[BopFrame]:

@@ -5,6 +5,8 @@ input; masks from the split's mask_visib with --ref-masks given, from
 co-segmentation with --ref-masks none), queries from --test-split.
 --init gt-perturbed refines from the GT pose perturbed by a seeded random
 rotation/translation, with the split's mask_visib standing in for the detector.
+Splits without mask_visib are judged on the model's silhouette at the true pose
+(ObjectTruth.load_frame; occlusion ignored).
 --init pipeline runs the whole cascade (detect, retrieve, refine) with every
 evaluated object registered at once and no ground truth at inference; a pose
 reported for an object that is not in the image counts as a false positive,
@@ -24,6 +26,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -50,6 +53,35 @@ def select_references(frames, num_refs: int):
     return [frames[i] for i in idx], held
 
 
+@dataclass
+class ObjectTruth:
+    """What an object's poses are judged by: model points (ADD), diameter, symmetry, and the mesh
+    that stands in for mask_visib in splits without masks."""
+
+    points: np.ndarray
+    diameter: float  # m
+    symmetric: bool
+    vertices: np.ndarray
+    faces: np.ndarray
+
+    @classmethod
+    def load(cls, root: str, obj_id: int, info: dict) -> ObjectTruth:
+        vertices, faces = bop.load_model_mesh(root, obj_id)
+        return cls(bop.load_model_points(root, obj_id), info["diameter"] / 1000.0, bop.is_symmetric(info),
+                   vertices, faces)
+
+    def load_frame(self, frame: bop.BopFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(image, object mask): mask_visib, or the model's silhouette at the true pose where the
+        split has none (occlusion then ignored)."""
+        image, mask = frame.load()
+        if mask is None:
+            mask = bop.model_silhouette(self.vertices, self.faces, frame.T, frame.K, image.shape[:2])
+        return image, mask
+
+    def errors(self, T: np.ndarray, frame: bop.BopFrame) -> dict:
+        return metrics.pose_errors(T, frame.T, self.points, frame.K, self.diameter, self.symmetric)
+
+
 def reference_views(args, refs, log, obj_id, frontend: FrontEnd):
     """The registration input: GT masks (--ref-masks given) or co-segmented ones (none)."""
     if args.ref_masks == "given":
@@ -61,9 +93,10 @@ def reference_views(args, refs, log, obj_id, frontend: FrontEnd):
     return validate_views(images, seg.masks, [f.T for f in refs], [f.K for f in refs]), seg.confidences
 
 
-def get_object(args, obj_id, log, frontend: FrontEnd | None = None):
+def get_object(args, obj_id, truth: ObjectTruth, log, frontend: FrontEnd | None = None):
     """Build (or load the cached) 3DGO of obj_id; returns (object, build seconds, held-out PSNR list).
-    `frontend` co-segments the references when they come without masks (default: weight-free)."""
+    `frontend` co-segments the references when they come without masks (default: weight-free).
+    The held-out PSNR is taken inside mask_visib, or the model's silhouette where there is none."""
     frontend = frontend or WeightFreeFrontEnd()
     segmenter = "" if args.ref_masks == "given" or frontend.name == "weight_free" else f"_{frontend.name}"
     name = f"obj_{obj_id:06d}_{args.num_refs}refs_{args.ref_masks}masks{segmenter}.safetensors"
@@ -91,33 +124,34 @@ def get_object(args, obj_id, log, frontend: FrontEnd | None = None):
         if cache:
             os.makedirs(args.model_dir, exist_ok=True)
             save_gaussians(obj, cache)
-    psnrs = heldout_psnr(obj, bop.load_views(held)) if held else []
+    psnrs = []
+    if held:
+        loaded = [truth.load_frame(f) for f in held]
+        psnrs = heldout_psnr(obj, validate_views([i for i, _ in loaded], [m for _, m in loaded],
+                                                 [f.T for f in held], [f.K for f in held]))
     return obj, build_s, psnrs
 
 
 def evaluate_object(args, obj_id, info, log):
-    obj, build_s, psnrs = get_object(args, obj_id, log)
-    points = bop.load_model_points(args.root, obj_id)
-    diameter = info["diameter"] / 1000.0
-    symmetric = bop.is_symmetric(info)
+    truth = ObjectTruth.load(args.root, obj_id, info)
+    obj, build_s, psnrs = get_object(args, obj_id, truth, log)
     frames = bop.load_split_frames(args.root, args.test_split, obj_id)[: args.max_frames]
     rng = np.random.default_rng(args.seed + obj_id)
     cfg = RefineConfig(max_steps=args.refine_steps)
     rows = []
     for f in frames:
-        image, mask = f.load()
+        image, mask = truth.load_frame(f)
         T_init = perturb_pose(f.T, rng)
         t0 = time.perf_counter()
         r = refine_pose(obj, image, mask, T_init, f.K, cfg)
         row = {"scene_id": f.scene_id, "im_id": f.im_id, "seconds": time.perf_counter() - t0, "iterations": r.iterations,
                "confidence": r.confidence, "ok": r.ok,
-               "init": metrics.pose_errors(T_init, f.T, points, f.K, diameter, symmetric),
-               **metrics.pose_errors(r.T, f.T, points, f.K, diameter, symmetric)}
+               "init": truth.errors(T_init, f), **truth.errors(r.T, f)}
         rows.append(row)
         log(f"  obj {obj_id} im {f.im_id}: ADD {row['add'] * 1000:.1f} mm (init {row['init']['add'] * 1000:.1f}), "
             f"R {row['r_err_deg']:.1f} deg, {row['iterations']} it, {row['seconds']:.2f} s")
     summary = {
-        "obj_id": obj_id, "symmetric": symmetric, "frames": len(rows), "num_refs": args.num_refs,
+        "obj_id": obj_id, "symmetric": truth.symmetric, "frames": len(rows), "num_refs": args.num_refs,
         "add_0.1d": float(np.mean([r["add_0.1d"] for r in rows])),
         "init_add_0.1d": float(np.mean([r["init"]["add_0.1d"] for r in rows])),
         "proj2d_5px": float(np.mean([r["proj2d_5px"] for r in rows])),
@@ -165,9 +199,11 @@ def evaluate_pipeline(args, ids, infos, log):
                                     min_detection_score=args.min_detection_score, min_score=args.min_score,
                                     max_candidates=args.max_candidates, recut_below=args.recut_below,
                                     hypotheses=args.hypotheses, retrieval_opening=args.retrieval_opening))
+    # per object, once: what its poses and masks are judged by
+    truth = {obj_id: ObjectTruth.load(args.root, obj_id, infos[obj_id]) for obj_id in ids}
     built = {}
     for obj_id in ids:
-        obj, build_s, psnrs = get_object(args, obj_id, log, est.frontend)
+        obj, build_s, psnrs = get_object(args, obj_id, truth[obj_id], log, est.frontend)
         est.add_object(str(obj_id), obj)
         built[obj_id] = (obj, build_s, psnrs)
     # group the annotated instances by image: an image is searched once for every registered object
@@ -176,9 +212,6 @@ def evaluate_pipeline(args, ids, infos, log):
         for f in bop.load_split_frames(args.root, args.test_split, obj_id)[: args.max_frames]:
             images.setdefault((f.scene_id, f.im_id), {})[obj_id] = f
     rows = {obj_id: [] for obj_id in ids}
-    # per object, once: model points (ADD), diameter, symmetry
-    truth = {obj_id: (bop.load_model_points(args.root, obj_id), infos[obj_id]["diameter"] / 1000.0,
-                      bop.is_symmetric(infos[obj_id])) for obj_id in ids}
     false_positives, searches, object_seconds = 0, 0, []
     for key in sorted(images):
         present = images[key]
@@ -192,8 +225,8 @@ def evaluate_pipeline(args, ids, infos, log):
                 false_positives += report.pose is not None
                 continue
             f = present[obj_id]
-            points, diameter, symmetric = truth[obj_id]
-            _, gt_mask = f.load()
+            judge = truth[obj_id]
+            _, gt_mask = judge.load_frame(f)
             pose = report.pose
             row = {"scene_id": f.scene_id, "im_id": f.im_id, "found": pose is not None, "timings": report.timings,
                    # the detector stage alone: the chosen candidate, whether or not its pose passed
@@ -203,11 +236,9 @@ def evaluate_pipeline(args, ids, infos, log):
                             "init": {"add_0.1d": False}, "score": 0.0})
             else:
                 row.update({"det_iou": _mask_iou(pose.mask, gt_mask), "score": pose.score,
-                            "init": metrics.pose_errors(pose.T_initial, f.T, points, f.K, diameter, symmetric),
-                            **metrics.pose_errors(pose.T, f.T, points, f.K, diameter, symmetric)})
+                            "init": judge.errors(pose.T_initial, f), **judge.errors(pose.T, f)})
                 row["detected"] = row["det_iou"] >= 0.5
-            rejected_right = report.rejected is not None and bool(metrics.pose_errors(
-                report.rejected.T, f.T, points, f.K, diameter, symmetric)["add_0.1d"])
+            rejected_right = report.rejected is not None and bool(judge.errors(report.rejected.T, f)["add_0.1d"])
             row["outcome"] = frame_outcome(report.detection is not None, row["candidate_iou"], bool(row["add_0.1d"]),
                                            rejected_right)
             rows[obj_id].append(row)
@@ -225,7 +256,7 @@ def evaluate_pipeline(args, ids, infos, log):
         r = rows[obj_id]
         obj, build_s, psnrs = built[obj_id]
         summaries.append({
-            "obj_id": obj_id, "symmetric": bop.is_symmetric(infos[obj_id]), "frames": len(r), "num_refs": args.num_refs,
+            "obj_id": obj_id, "symmetric": truth[obj_id].symmetric, "frames": len(r), "num_refs": args.num_refs,
             "detected": float(np.mean([x["detected"] for x in r])),
             "candidate_hit": float(np.mean([x["candidate_iou"] >= 0.5 for x in r])),
             "outcomes": {name: sum(x["outcome"] == name for x in r) for name in OUTCOMES},
