@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 from scipy.spatial.transform import Rotation
 
 from gspose_ros.core import metrics
@@ -36,3 +37,12 @@ def test_pose_errors_thresholds(rng):
     assert not e_big["add_0.1d"] and not e_big["5cm5deg"]
     assert abs(e_small["r_err_deg"] - 2.0) < 1e-9 and abs(e_small["t_err_cm"] - 0.1) < 1e-9
     assert e_big["proj2d_px"] > e_small["proj2d_px"]
+
+
+def test_model_diameter_is_the_farthest_pair():
+    cube = np.array([[x, y, z] for x in (0, 1) for y in (0, 1) for z in (0, 1)], float)
+    inside = np.random.default_rng(0).uniform(0.1, 0.9, (200, 3))
+    assert metrics.model_diameter(np.vstack([cube, inside]) * 2.0) == pytest.approx(2.0 * np.sqrt(3))
+    square = cube[cube[:, 2] == 0]  # flat: no 3-D hull, every pair compared
+    assert metrics.model_diameter(square) == pytest.approx(np.sqrt(2))
+    assert metrics.model_diameter(np.zeros((1, 3))) == 0.0

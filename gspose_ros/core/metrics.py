@@ -3,9 +3,23 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.spatial import cKDTree
+from scipy.spatial import ConvexHull, cKDTree
+from scipy.spatial.distance import pdist
 
 from .geometry import project, rotation_error_deg
+
+
+def model_diameter(points) -> float:
+    """Largest distance between two model points (BOP's `diameter`, in the points' unit); the
+    farthest pair lies on the convex hull, so only its vertices are compared."""
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    if len(points) < 2:
+        return 0.0
+    try:
+        points = points[ConvexHull(points).vertices]
+    except Exception:  # flat or degenerate (Qhull refuses): compare them all
+        pass
+    return float(pdist(points).max())
 
 
 def _transform(points, T):

@@ -18,6 +18,7 @@ import trimesh  # noqa: E402
 
 from .errors import InputError  # noqa: E402
 from .geometry import pose_to_bop  # noqa: E402
+from .metrics import model_diameter  # noqa: E402
 from .render import look_at_pose  # noqa: E402
 
 DUCK_PATH = "/usr/share/assimp/models/Collada/duck.dae"
@@ -29,8 +30,7 @@ def _normalise(mesh: trimesh.Trimesh, diameter: float) -> trimesh.Trimesh:
     """Centre on the bounding-box centre and scale so the diameter (max vertex distance) is `diameter` m."""
     mesh = mesh.copy()
     mesh.apply_translation(-mesh.bounds.mean(0))
-    hull = mesh.convex_hull.vertices
-    d = max(np.linalg.norm(hull[:, None] - hull[None], axis=-1).max(), 1e-9)
+    d = max(model_diameter(mesh.vertices), 1e-9)
     mesh.apply_scale(diameter / d)
     return mesh
 
@@ -208,10 +208,9 @@ def write_model(root, obj_id, mesh: trimesh.Trimesh, models_info: dict):
     if not isinstance(mm.visual, trimesh.visual.ColorVisuals):
         mm.visual = mm.visual.to_color()
     mm.export(os.path.join(root, "models", f"obj_{obj_id:06d}.ply"))
-    hull = mm.convex_hull.vertices
     lo, hi = mm.bounds
     models_info[str(obj_id)] = {
-        "diameter": float(np.linalg.norm(hull[:, None] - hull[None], axis=-1).max()),
+        "diameter": model_diameter(mm.vertices),
         "min_x": float(lo[0]), "min_y": float(lo[1]), "min_z": float(lo[2]),
         "size_x": float(hi[0] - lo[0]), "size_y": float(hi[1] - lo[1]), "size_z": float(hi[2] - lo[2]),
     }

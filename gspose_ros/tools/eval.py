@@ -67,8 +67,11 @@ class ObjectTruth:
     @classmethod
     def load(cls, root: str, obj_id: int, info: dict) -> ObjectTruth:
         vertices, faces = bop.load_model_mesh(root, obj_id)
-        return cls(bop.load_model_points(root, obj_id), info["diameter"] / 1000.0, bop.is_symmetric(info),
-                   vertices, faces)
+        # models_info's diameter (mm) when it has one; a models_info without it is still BOP enough
+        diameter = info["diameter"] / 1000.0 if "diameter" in info else metrics.model_diameter(vertices)
+        if not np.isfinite(diameter) or diameter <= 0:
+            raise InputError(f"object {obj_id}: diameter {diameter} m is not positive (models_info.json or model)")
+        return cls(bop.load_model_points(root, obj_id), diameter, bop.is_symmetric(info), vertices, faces)
 
     def load_frame(self, frame: bop.BopFrame) -> tuple[np.ndarray, np.ndarray]:
         """(image, object mask): mask_visib, or the model's silhouette at the true pose where the

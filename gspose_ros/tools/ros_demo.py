@@ -105,8 +105,7 @@ def main(argv=None) -> int:
         graph.stop()
 
     points = np.asarray(mesh.vertices, dtype=np.float64)
-    hull = mesh.convex_hull.vertices
-    diameter = float(np.linalg.norm(hull[:, None] - hull[None], axis=-1).max())
+    diameter = metrics.model_diameter(points)
     adds, latencies = [], []
     for recv_ns, m in received:
         t = stamp_ns(m.header.stamp)
