@@ -39,14 +39,19 @@ from gspose_ros.core.registry import Registry  # noqa: E402
 SENSOR = rclpy.qos.qos_profile_sensor_data if ROS_ERROR is None else None
 
 
+def _registry_holding_the_duck(registry_dir, built_duck, dataset) -> str:
+    """A registry with the session's fitted duck and its detector colour model, as registration saves it."""
+    loaded = [f.load() for f in bop.load_split_frames(dataset, "train", 3)]
+    built_duck.meta[COLOUR_KEY] = colour_model([i for i, _ in loaded], [m for _, m in loaded]).tolist()
+    Registry(registry_dir).save("duck", built_duck, {"source": "test fixture"})
+    return registry_dir
+
+
 @pytest.fixture(scope="module")
 def graph(tmp_path_factory, built_duck, dataset):
     """Registration, detector, retrieval and refiner processes sharing a registry that already
     holds the duck (fitted by the session fixture)."""
-    registry_dir = str(tmp_path_factory.mktemp("registry"))
-    loaded = [f.load() for f in bop.load_split_frames(dataset, "train", 3)]
-    built_duck.meta[COLOUR_KEY] = colour_model([i for i, _ in loaded], [m for _, m in loaded]).tolist()
-    Registry(registry_dir).save("duck", built_duck, {"source": "test fixture"})
+    registry_dir = _registry_holding_the_duck(str(tmp_path_factory.mktemp("registry")), built_duck, dataset)
     # a private DDS domain: tests running in parallel elsewhere must not see each other
     g = NodeGraph(log_dir=str(tmp_path_factory.mktemp("logs")), env={"ROS_DOMAIN_ID": "77"})
     os.environ["ROS_DOMAIN_ID"] = "77"
@@ -251,3 +256,62 @@ def test_retrieval_answers_re_cut_masks_as_second_pass_poses(graph, dataset):
     T = pose_to_matrix(second[0].pose)
     assert np.all(np.isfinite(T)) and T[2, 3] > 0
     assert all(g.alive().values())
+
+
+def test_pose_pipeline_runs_every_node_in_one_process(built_duck, dataset, tmp_path):
+    """`ros2 run gspose_ros pose_pipeline`: the same contract from one process, parameters from a
+    params file (overrides cannot reach its several nodes, so NodeGraph refuses them)."""
+    import yaml
+    from rclpy.executors import SingleThreadedExecutor
+
+    from gspose_ros.nodes.graph import default_config
+
+    registry_dir = _registry_holding_the_duck(str(tmp_path / "registry"), built_duck, dataset)
+    with open(default_config()) as fh:
+        config = yaml.safe_load(fh)
+    config["/**"]["ros__parameters"]["registry_dir"] = registry_dir
+    config["gspose_refiner"]["ros__parameters"]["tracking"] = False
+    params = tmp_path / "pipeline.yaml"
+    params.write_text(yaml.safe_dump(config))
+    g = NodeGraph(config=str(params), log_dir=str(tmp_path / "logs"), env={"ROS_DOMAIN_ID": "78"})
+    with pytest.raises(ValueError, match="params file"):
+        g.start("pipeline", tracking=False)
+    g.start("pipeline")
+    # a context of its own on the pipeline's domain: the module's graph holds domain 77
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=78)
+    client = Node("gspose_pipeline_test_client", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(client)
+    try:
+        cli = client.create_client(ListObjects, "/list_objects")
+        assert cli.wait_for_service(timeout_sec=60.0), "/list_objects not available"
+        future = cli.call_async(ListObjects.Request())
+        executor.spin_until_future_complete(future, timeout_sec=60.0)
+        assert future.done() and "duck" in future.result().object_ids
+        poses = []
+        client.create_subscription(PoseStamped, "/object_pose", poses.append, 10)
+        image_pub = client.create_publisher(Image, "/camera/image_raw", SENSOR)
+        info_pub = client.create_publisher(CameraInfo, "/camera/camera_info", SENSOR)
+        # the test views in turn: how many the quickly-fitted duck is found in varies (see above)
+        views = [(f, f.load()[0]) for f in bop.load_split_frames(dataset, "test", 3)]
+        deadline = time.monotonic() + 180.0  # start-up: the duck's template bank, numba compilation
+        sent = 0
+        while not poses and time.monotonic() < deadline:
+            f, image = views[sent % len(views)]
+            sent += 1
+            msg = rgb_to_image(image, encoding="rgb8")
+            msg.header.stamp, msg.header.frame_id = client.get_clock().now().to_msg(), "pipeline_camera"
+            info_pub.publish(K_to_camera_info(f.K, image.shape[1], image.shape[0], msg.header))
+            image_pub.publish(msg)
+            end = time.monotonic() + 3.0
+            while not poses and time.monotonic() < end:
+                executor.spin_once(timeout_sec=0.1)
+        assert poses, "the pipeline published no /object_pose for a view of the registered duck"
+        assert poses[0].header.frame_id == "pipeline_camera" and poses[0].pose.position.z > 0
+        assert all(g.alive().values())
+    finally:
+        executor.shutdown()
+        client.destroy_node()
+        rclpy.shutdown(context=context)
+        g.stop()

@@ -24,13 +24,13 @@ def default_config() -> str:
     return os.path.join(get_package_share_directory("gspose_ros"), "config", "gspose.yaml")
 
 
-def _param(node: str | None, name: str, value) -> str:
+def _param(node: str, name: str, value) -> str:
     """A -p override. Qualified by the node's name: a bare `name:=value` loses to the same
     parameter in the node's own section of the params file (measured: the retrieval node kept
     the file's `hypotheses`), so overrides for such parameters were silently ignored."""
     if isinstance(value, bool):
         value = "true" if value else "false"
-    return f"{node}:{name}:={value}" if node else f"{name}:={value}"
+    return f"{node}:{name}:={value}"
 
 
 class NodeGraph:
@@ -44,6 +44,11 @@ class NodeGraph:
 
     def start(self, name: str, **params) -> subprocess.Popen:
         exe, node = EXECUTABLES[name]
+        if node is None and params:
+            # several nodes in one process: a bare override loses to each node's own section of the
+            # params file, so it would be silently ignored; pass a params file of your own instead
+            raise ValueError(f"{name} runs several nodes: give its parameters in a params file "
+                             f"(NodeGraph(config=...)), not as overrides {sorted(params)}")
         path = os.path.join(get_package_prefix("gspose_ros"), "lib", "gspose_ros", exe)
         cmd = [path, "--ros-args", "--params-file", self.config]
         for key, value in params.items():
