@@ -86,10 +86,16 @@ def test_eval_runs_on_a_dataset_without_masks(dataset, tmp_path):
     """References co-segmented, held-out PSNR and detection hits judged on the model's silhouette."""
     root = _without_masks(dataset, tmp_path / "nomasks")
     out = tmp_path / "pipe.json"
-    rc = gspose_eval.main([root, "--init", "pipeline", "--obj-id", "3", "--num-refs", "16", "--max-frames", "1",
-                           "--build-iters", "150", "--background-images", "0", "--out", str(out), "--quiet"])
+    rc = gspose_eval.main([root, "--init", "pipeline", "--obj-id", "2,3", "--test-split", "test_multi",
+                           "--search", "present", "--num-refs", "16", "--max-frames", "1", "--build-iters", "150",
+                           "--background-images", "0", "--out", str(out), "--quiet"])
     assert rc == 0
-    s = json.loads(out.read_text())["summaries"][0]
-    assert s["frames"] == 1 and s["heldout_psnr_db"] > 10 and 0.0 <= s["candidate_hit"] <= 1.0
+    data = json.loads(out.read_text())
+    # both objects judged in the one image they share, and nobody looked for what is not there
+    assert [s["frames"] for s in data["summaries"]] == [1, 1] and data["absent_object_searches"] == 0
+    frames = [data["frames"][k][0] for k in ("2", "3")]
+    assert (frames[0]["scene_id"], frames[0]["im_id"]) == (frames[1]["scene_id"], frames[1]["im_id"])
+    for s in data["summaries"]:
+        assert s["heldout_psnr_db"] > 10 and 0.0 <= s["candidate_hit"] <= 1.0
     # given masks are asked for and missing: a clear error, not a crash
     assert gspose_eval.main([root, "--obj-id", "3", "--ref-masks", "given", "--out", str(out), "--quiet"]) == 2

@@ -194,7 +194,8 @@ def _mask_iou(a, b) -> float:
 
 
 def evaluate_pipeline(args, ids, infos, log):
-    """Every evaluated object registered in one Estimator; each test image is searched for all of them."""
+    """Every evaluated object registered in one Estimator; each test image is searched for all of them
+    (--search all) or for those annotated in it (present)."""
     frontend = FrontEndConfig(backend=args.backend, learned={
         "model_weights": args.model_weights, "dinov2_weights": args.dinov2_weights, "device": args.device}
         if args.backend == "learned" else {})
@@ -220,7 +221,9 @@ def evaluate_pipeline(args, ids, infos, log):
         present = images[key]
         first = next(iter(present.values()))
         image, _ = first.load()
-        for report in est.estimate_reports(image, first.K):
+        # every registered object is looked for (absent ones count false poses), or only the ones present
+        searched = None if args.search == "all" else [str(obj_id) for obj_id in present]
+        for report in est.estimate_reports(image, first.K, searched):
             obj_id = int(report.object_id)
             searches += 1
             object_seconds.append(report.timings["total"])
@@ -312,6 +315,9 @@ def parse_args(argv=None):
     p.add_argument("--ref-masks", choices=("given", "none"), default=None,
                    help="reference masks from mask_visib (given) or co-segmentation (none); default: none for "
                         "--init pipeline, given otherwise")
+    p.add_argument("--search", choices=("all", "present"), default="all",
+                   help="pipeline: look for every evaluated object in every test image (absent ones count false "
+                        "poses; the cost grows with the square of the object count) or only for those present")
     p.add_argument("--background-images", type=int, default=10,
                    help="pipeline: object-free clutter images searched for every object (false-positive count)")
     p.add_argument("--backend", choices=BACKENDS, default="weight_free",
