@@ -87,6 +87,61 @@ def test_detector_rejects_bad_images(duck_refs):
     assert all(d.score < 0.5 for d in detect(grey, model, DetectorConfig()))
 
 
+def test_candidates_put_whole_masks_before_ones_cut_off_by_the_border():
+    """FrontEnd.candidates: scored, then whole before truncated (whatever their scores), then cut to
+    max_candidates; the ordering the Estimator and the detector node share."""
+    from gspose_ros.core.detect import Detection
+    from gspose_ros.core.frontend import WeightFreeFrontEnd
+
+    def detection(x0, y0, x1, y1, score):
+        mask = np.zeros((480, 640), bool)
+        mask[y0:y1, x0:x1] = True
+        return Detection(mask, np.array([x0, y0, x1, y1], float), score)
+
+    at_left, at_bottom = detection(0, 100, 60, 200, 0.99), detection(300, 400, 380, 480, 0.97)
+    whole, weak = detection(200, 150, 300, 250, 0.90), detection(400, 50, 450, 90, 0.70)
+
+    class FixedDetections(WeightFreeFrontEnd):  # the ordering alone, on detections of known boxes
+        def detect(self, image, prepared, max_candidates=3):
+            return [at_left, at_bottom, whole, weak][:max_candidates]
+
+    frontend, image = FixedDetections(), np.zeros((480, 640, 3), np.uint8)
+
+    def picked(min_score, max_candidates):  # by score: each fixed detection has its own
+        return [d.score for d in frontend.candidates(image, None, min_score, max_candidates)]
+
+    assert picked(0.85, 3) == [whole.score, at_left.score, at_bottom.score]
+    assert picked(0.85, 1) == [whole.score]
+    assert picked(0.5, 2) == [whole.score, weak.score]  # a weak whole mask before cut-off ones
+    assert picked(0.995, 2) == []
+
+
+def test_a_mask_cut_off_by_the_border_must_out_check_a_whole_one_clearly():
+    """retrieve_best: a truncated mask's check is handicapped by TRUNCATED_HANDICAP (its box and
+    area bias the retrieved translation and scale), so it wins only by a clear margin."""
+    from gspose_ros.core.frontend import TRUNCATED_HANDICAP, WeightFreeFrontEnd
+    from gspose_ros.core.retrieve import PoseCheck, PoseHypothesis
+
+    cut_off, whole = np.zeros((480, 640), bool), np.zeros((480, 640), bool)
+    cut_off[100:200, 0:60] = True
+    whole[150:250, 200:300] = True
+
+    class FixedChecks(WeightFreeFrontEnd):  # retrieval's verdicts given, the choice between masks alone
+        def __init__(self, scores):
+            super().__init__()
+            self.scores = scores
+
+        def retrieve(self, obj, prepared, image, mask, K, top_k=32):
+            score = self.scores[0 if mask[:, 0].any() else 1]
+            return [PoseHypothesis(np.eye(4), 0.5, score, score, PoseCheck(score, 0.0, 0.0))]
+
+    image, K = np.zeros((480, 640, 3), np.uint8), np.eye(3)
+    close = FixedChecks([1.32, 1.31])  # the duck's case: a yellow blob off the edge, just ahead
+    assert close.retrieve_best(None, None, image, [cut_off, whole], K)[0] == 1
+    clear = FixedChecks([1.31 + 2 * TRUNCATED_HANDICAP, 1.31])  # the box's case: its own mask, cut off
+    assert clear.retrieve_best(None, None, image, [cut_off, whole], K)[0] == 0
+
+
 def test_estimator_poses_objects_without_ground_truth(estimator, dataset):
     pts = bop.load_model_points(dataset, 3)
     d = bop.load_models_info(dataset)[3]["diameter"] / 1000

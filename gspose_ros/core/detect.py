@@ -107,6 +107,13 @@ def _grabcut(image: np.ndarray, seed: np.ndarray, box: np.ndarray, cfg: Detector
     return mask
 
 
+def touches_border(mask: np.ndarray, margin: int = 2) -> bool:
+    """Whether a mask reaches the outermost `margin` rows or columns of its image: cut off by the
+    border, so its outline is partly the image's and not the object's."""
+    mask = np.asarray(mask)
+    return bool(mask[:margin].any() or mask[-margin:].any() or mask[:, :margin].any() or mask[:, -margin:].any())
+
+
 def check_image(image) -> np.ndarray:
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:

@@ -226,8 +226,10 @@ class Estimator:
 
     # --- estimation ---------------------------------------------------------------------
     def detect(self, object_id: str, image: np.ndarray) -> list[Detection]:
-        """Stage 2 alone: candidate masks of one object, best first."""
-        return self.frontend.detect(image, self.get(object_id).prepared, self.config.max_candidates)
+        """Stage 2 alone: the candidate masks of one object that retrieval examines, in that order
+        (FrontEnd.candidates: min_detection_score, whole before cut off, max_candidates)."""
+        return self.frontend.candidates(image, self.get(object_id).prepared, self.config.min_detection_score,
+                                        self.config.max_candidates)
 
     def initial_poses(self, object_id: str, image: np.ndarray, mask: np.ndarray, K) -> list[PoseHypothesis]:
         """Stage 3 alone: pose hypotheses for a detected mask, best (by their check score) first."""
@@ -253,7 +255,7 @@ class Estimator:
     def _estimate_one(self, object_id: str, image: np.ndarray, K: np.ndarray) -> EstimateReport:
         start = time.perf_counter()
         timings = {"detect": 0.0, "retrieve": 0.0, "refine": 0.0}
-        detections = [d for d in self.detect(object_id, image) if d.score >= self.config.min_detection_score]
+        detections = self.detect(object_id, image)
         timings["detect"] = time.perf_counter() - start
         registered = self.get(object_id)
         gaussians = registered.gaussians

@@ -43,6 +43,7 @@ BOX_PADDING = 1.25  # box -> crop (official coarse/finer_bbox_padding)
 COARSE_THRESHOLD = 0.05  # whole-image mask probability that marks a candidate region
 FINE_THRESHOLD = 0.5
 MIN_REGION_PX = PATCH * PATCH  # a region smaller than one patch is noise
+MAX_REGIONS = 3  # regions refined per image when detect() is not told how many (the weight-free max_proposals)
 
 
 @dataclass
@@ -185,7 +186,7 @@ class LearnedFrontEnd(FrontEnd):
         s = self.config.query_long_side / max(h, w)
         return max(PATCH, int(round(w * s / PATCH)) * PATCH), max(PATCH, int(round(h * s / PATCH)) * PATCH)
 
-    def detect(self, image: np.ndarray, obj: LearnedObject, max_candidates: int = 3) -> list[Detection]:
+    def detect(self, image: np.ndarray, obj: LearnedObject, max_candidates: int | None = 3) -> list[Detection]:
         """Candidate masks of one object, best first (score: mean mask probability inside it)."""
         image = check_image(image)
         h, w = image.shape[:2]
@@ -196,7 +197,8 @@ class LearnedFrontEnd(FrontEnd):
         n, labels, stats, _ = cv2.connectedComponentsWithStats((coarse >= COARSE_THRESHOLD).astype(np.uint8))
         regions = [i for i in np.argsort(-stats[:, cv2.CC_STAT_AREA]) if i and stats[i, cv2.CC_STAT_AREA] >= MIN_REGION_PX]
         detections = []
-        for i in regions[:max_candidates]:
+        # each region costs a fine segmentation pass: at most MAX_REGIONS when not told how many
+        for i in regions[:MAX_REGIONS if max_candidates is None else max_candidates]:
             x, y, bw, bh = stats[i, :4]
             window = crop_window_from_box([x, y, x + bw, y + bh], CROP, BOX_PADDING)
             fine = self.segment(self.features(_to_tensor([crop_image(image, window)])), obj.references)

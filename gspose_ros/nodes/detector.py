@@ -2,7 +2,9 @@
 
 In:  /camera/image_raw (+ /camera/camera_info, paired by stamp), sensor-data QoS.
 Out: /gspose/detections (DetectionArray: the image, its camera_info and up to max_candidates
-     detections per registered object found, best first), /gspose/mask (mono8, all detections).
+     detections per registered object found, as FrontEnd.candidates orders them: masks cut off
+     by the image border after whole ones, best score first within each), /gspose/mask (mono8,
+     all detections).
 Frames arriving while a frame is being processed replace each other (latest wins).
 Objects the refiner is tracking (/gspose/object_poses says so) are not searched for:
 detection resumes for an object once tracking loses it (or stops reporting it).
@@ -32,7 +34,8 @@ class DetectorNode(Node):
         self.min_score = declare(self, "min_detection_score", EstimatorConfig.min_detection_score,
                                  "Detection score a mask needs to be passed on (0..1; weight_free: colour similarity)")
         self.max_candidates = declare(self, "max_candidates", EstimatorConfig.max_candidates,
-                                      "Candidate masks sent per object; retrieval keeps the best-checking one")
+                                      "Candidate masks sent per object (whole ones before ones cut off by the image border); "
+                                      "retrieval keeps the best-checking one")
         self.frontend = make_frontend(declare_frontend(self, detection=True))
         self.skip_tracked_s = declare(self, "skip_tracked_s", 1.0,
                                       "Do not search for an object tracked within this many seconds (0: always search)")
@@ -70,7 +73,7 @@ class DetectorNode(Node):
         out = DetectionArray(header=image_msg.header, image=image_msg, camera_info=info)
         union = np.zeros(rgb.shape[:2], bool)
         for object_id, prepared in wanted:
-            found = [d for d in self.frontend.detect(rgb, prepared, int(self.max_candidates)) if d.score >= self.min_score]
+            found = self.frontend.candidates(rgb, prepared, self.min_score, int(self.max_candidates))
             for d in found:
                 out.detections.append(ObjectDetection(object_id=object_id, score=float(d.score),
                                                       box=[float(v) for v in d.box],
