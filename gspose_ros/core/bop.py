@@ -71,12 +71,16 @@ def load_model_mesh(root: str, obj_id: int) -> tuple[np.ndarray, np.ndarray]:
     return vertices, np.asarray(mesh.faces, dtype=np.int64).reshape(-1, 3)
 
 
+def subsample_points(points: np.ndarray, max_points: int = 5000, seed: int = 0) -> np.ndarray:
+    """At most max_points of the points, drawn without replacement (seeded): what ADD is taken over."""
+    if len(points) > max_points:
+        points = points[np.random.default_rng(seed).choice(len(points), max_points, replace=False)]
+    return points
+
+
 def load_model_points(root: str, obj_id: int, max_points: int = 5000, seed: int = 0) -> np.ndarray:
     """Model vertices in metres, subsampled for ADD."""
-    pts, _ = load_model_mesh(root, obj_id)
-    if len(pts) > max_points:
-        pts = pts[np.random.default_rng(seed).choice(len(pts), max_points, replace=False)]
-    return pts
+    return subsample_points(load_model_mesh(root, obj_id)[0], max_points, seed)
 
 
 def model_silhouette(vertices: np.ndarray, faces: np.ndarray, T: np.ndarray, K: np.ndarray,

@@ -71,7 +71,7 @@ class ObjectTruth:
         diameter = info["diameter"] / 1000.0 if "diameter" in info else metrics.model_diameter(vertices)
         if not np.isfinite(diameter) or diameter <= 0:
             raise InputError(f"object {obj_id}: diameter {diameter} m is not positive (models_info.json or model)")
-        return cls(bop.load_model_points(root, obj_id), diameter, bop.is_symmetric(info), vertices, faces)
+        return cls(bop.subsample_points(vertices), diameter, bop.is_symmetric(info), vertices, faces)
 
     def load_frame(self, frame: bop.BopFrame) -> tuple[np.ndarray, np.ndarray]:
         """(image, object mask): mask_visib, or the model's silhouette at the true pose where the
