@@ -32,13 +32,16 @@ class BopFrame:
         img = cv2.imread(self.rgb_path, cv2.IMREAD_COLOR)
         if img is None:
             raise InputError(f"cannot read image {self.rgb_path}")
-        mask = None
-        if self.mask_path is not None:
-            mask = cv2.imread(self.mask_path, cv2.IMREAD_GRAYSCALE)
-            if mask is None:
-                raise InputError(f"cannot read mask {self.mask_path}")
-            mask = mask > 127
-        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB), mask
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB), self.load_mask()
+
+    def load_mask(self) -> np.ndarray | None:
+        """mask_visib as (H, W) bool, or None where the split has none."""
+        if self.mask_path is None:
+            return None
+        mask = cv2.imread(self.mask_path, cv2.IMREAD_GRAYSCALE)
+        if mask is None:
+            raise InputError(f"cannot read mask {self.mask_path}")
+        return mask > 127
 
 
 def _read_json(path: str):

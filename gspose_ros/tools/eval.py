@@ -74,12 +74,17 @@ class ObjectTruth:
         return cls(bop.subsample_points(vertices), diameter, bop.is_symmetric(info), vertices, faces)
 
     def load_frame(self, frame: bop.BopFrame) -> tuple[np.ndarray, np.ndarray]:
-        """(image, object mask): mask_visib, or the model's silhouette at the true pose where the
-        split has none (occlusion then ignored)."""
-        image, mask = frame.load()
+        """(image, object mask), the mask as `mask` gives it."""
+        image, _ = frame.load()
+        return image, self.mask(frame, image.shape[:2])
+
+    def mask(self, frame: bop.BopFrame, shape: tuple[int, int]) -> np.ndarray:
+        """The frame's object mask: mask_visib, or the model's silhouette at the true pose where the
+        split has none (occlusion then ignored). `shape`: the frame's image size."""
+        mask = frame.load_mask()
         if mask is None:
-            mask = bop.model_silhouette(self.vertices, self.faces, frame.T, frame.K, image.shape[:2])
-        return image, mask
+            mask = bop.model_silhouette(self.vertices, self.faces, frame.T, frame.K, shape)
+        return mask
 
     def errors(self, T: np.ndarray, frame: bop.BopFrame) -> dict:
         return metrics.pose_errors(T, frame.T, self.points, frame.K, self.diameter, self.symmetric)
@@ -232,7 +237,7 @@ def evaluate_pipeline(args, ids, infos, log):
                 continue
             f = present[obj_id]
             judge = truth[obj_id]
-            _, gt_mask = judge.load_frame(f)
+            gt_mask = judge.mask(f, image.shape[:2])  # the image itself is the one just searched
             pose = report.pose
             row = {"scene_id": f.scene_id, "im_id": f.im_id, "found": pose is not None, "timings": report.timings,
                    # the detector stage alone: the chosen candidate, whether or not its pose passed
