@@ -131,7 +131,7 @@ def test_a_mask_cut_off_by_the_border_must_out_check_a_whole_one_clearly():
             super().__init__()
             self.scores = scores
 
-        def retrieve(self, obj, prepared, image, mask, K, top_k=32):
+        def retrieve(self, obj, prepared, image, mask, K, top_k=32, aligned=1):
             score = self.scores[0 if mask[:, 0].any() else 1]
             return [PoseHypothesis(np.eye(4), 0.5, score, score, PoseCheck(score, 0.0, 0.0))]
 

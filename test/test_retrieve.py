@@ -10,11 +10,12 @@ from scipy.spatial.transform import Rotation
 
 from gspose_ros.core import metrics, synth
 from gspose_ros.core.errors import InputError
-from gspose_ros.core.geometry import make_pose, rotation_error_deg
+from gspose_ros.core.geometry import make_pose, mask_box, rotation_error_deg
 from gspose_ros.core.render import render
 from gspose_ros.core.retrieve import (
     PoseCheck,
     PoseHypothesis,
+    QueryCrop,
     build_template_bank,
     distinct_hypotheses,
     edge_agreement,
@@ -51,6 +52,37 @@ def test_retrieval_recovers_self_rendered_poses(built_duck, duck_bank):
     # the bank is ~20 deg apart in viewpoint and 30 deg in-plane: nearest templates are within ~20 deg
     assert np.median(rot_errors) < 20 and np.mean(np.array(rot_errors) < 30) >= 0.75, rot_errors
     assert np.median(depth_errors) < 0.1, depth_errors
+
+
+def _render_query(obj, T, K):
+    with torch.no_grad():
+        out = render(obj, torch.from_numpy(T).float(), torch.from_numpy(K).float(), 640, 480)
+    return (out.rgb.clamp(0, 1).numpy() * 255).astype(np.uint8), out.alpha.numpy() > 0.5
+
+
+def test_alignment_recovers_the_translation_of_a_right_rotation(built_duck):
+    # the right rotation with the translation retrieval might read off a template's box and
+    # area, 8 % too far and 10 mm off to the side: alignment to the mask must bring it back
+    K = synth.DEFAULT_K
+    R = Rotation.from_euler("xyz", [40, -25, 70], degrees=True).as_matrix()
+    t = np.array([0.02, -0.01, 0.5])
+    image, mask = _render_query(built_duck, make_pose(R, t), K)
+    T_start = make_pose(R, t * 1.08 + np.array([0.01, 0.0, 0.0]))
+    T_aligned = QueryCrop(image, mask, mask_box(mask), K, size=192).align(built_duck, T_start)
+    before, after = np.linalg.norm(T_start[:3, 3] - t), np.linalg.norm(T_aligned[:3, 3] - t)
+    assert after < 0.3 * before and after < 0.01, (before, after)
+    assert np.allclose(T_aligned[:3, :3], R)
+
+
+def test_hypotheses_on_a_mask_cut_off_by_the_border_are_not_aligned(built_duck, duck_bank):
+    # area and centroid of a truncated mask do not fix the translation: alignment is skipped
+    K = synth.DEFAULT_K
+    t = 0.5 * np.linalg.solve(K, np.array([630.0, 240.0, 1.0]))
+    image, mask = _render_query(built_duck, make_pose(Rotation.from_euler("xyz", [40, -25, 70], degrees=True)
+                                                      .as_matrix(), t), K)
+    aligned = retrieve_pose(built_duck, duck_bank, image, mask, K, top_k=4, aligned=1)
+    unaligned = retrieve_pose(built_duck, duck_bank, image, mask, K, top_k=4, aligned=0)
+    assert all(np.allclose(a.T, u.T) for a, u in zip(aligned, unaligned))
 
 
 def test_retrieval_rejects_empty_or_mismatched_masks(built_duck, duck_bank):

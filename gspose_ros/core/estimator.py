@@ -261,7 +261,8 @@ class Estimator:
         gaussians = registered.gaussians
         t0 = time.perf_counter()
         retrieved = self.frontend.retrieve_best(gaussians, registered.prepared, image, [d.mask for d in detections], K,
-                                                self.config.retrieval_top_k, self.config.retrieval_opening)
+                                                self.config.retrieval_top_k, self.config.retrieval_opening,
+                                                self.config.hypotheses)
         timings["retrieve"] = time.perf_counter() - t0
         best: ObjectPose | None = None
         det: Detection | None = None

@@ -86,13 +86,16 @@ class FrontEnd:
         raise NotImplementedError
 
     def retrieve(self, obj: GaussianObject, prepared, image: np.ndarray, mask: np.ndarray, K: np.ndarray,
-                 top_k: int = 32) -> list[PoseHypothesis]:
+                 top_k: int = 32, aligned: int = 1) -> list[PoseHypothesis]:
+        """Pose hypotheses for one mask, best first; the `aligned` best distinct ones with their
+        translation aligned to the mask (retrieve.retrieve_pose)."""
         if prepared.bank is None:
             raise InputError("this object was prepared for detection only (no retrieval bank)")
-        return retrieve_pose(obj, prepared.bank, image, mask, K, top_k, self.describe(image, mask, prepared))
+        return retrieve_pose(obj, prepared.bank, image, mask, K, top_k, self.describe(image, mask, prepared), aligned)
 
     def retrieve_best(self, obj: GaussianObject, prepared, image: np.ndarray, masks: list[np.ndarray], K: np.ndarray,
-                      top_k: int = 32, opening: float = 0.0) -> tuple[int, list[PoseHypothesis]] | None:
+                      top_k: int = 32, opening: float = 0.0,
+                      aligned: int = 1) -> tuple[int, list[PoseHypothesis]] | None:
         """Retrieval on every candidate mask of one object; (index of the candidate with the
         best-checking hypothesis, its hypotheses), or None when no mask gives any. Retrieval is
         cheap and its check already says which candidate looks like the object, so only that one
@@ -108,7 +111,7 @@ class FrontEnd:
         silhouette ranking is sensitive to a leak along a line, which refinement is not."""
         best, best_score = None, -np.inf
         for i, mask in enumerate(masks):
-            hypotheses = self.retrieve(obj, prepared, image, open_mask(mask, opening), K, top_k)
+            hypotheses = self.retrieve(obj, prepared, image, open_mask(mask, opening), K, top_k, aligned)
             score = max((h.check.score for h in hypotheses if h.check is not None), default=-np.inf)
             score -= TRUNCATED_HANDICAP if touches_border(mask) else 0.0
             if hypotheses and (best is None or score > best_score):

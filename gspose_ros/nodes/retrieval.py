@@ -74,9 +74,10 @@ class RetrievalNode(Node):
             if entry is None:
                 continue
             obj, prepared = entry
+            n = 1 if recut else self.hypotheses
             try:
                 retrieved = self.frontend.retrieve_best(obj, prepared, rgb, [image_to_mask(d.mask) for d in dets], K,
-                                                        self.top_k, 0.0 if recut else self.opening)
+                                                        self.top_k, 0.0 if recut else self.opening, n)
             except InputError as exc:
                 self.get_logger().warning(f"{object_id}: {exc}", throttle_duration_sec=5.0)
                 continue
@@ -84,7 +85,6 @@ class RetrievalNode(Node):
                 continue
             index, hypotheses = retrieved
             det = dets[index]
-            n = 1 if recut else self.hypotheses
             for hypothesis in distinct_hypotheses(hypotheses, n):
                 out.poses.append(ObjectPoseEstimate(object_id=object_id, pose=matrix_to_pose(hypothesis.T),
                                                     score=float(det.score), status=status,
