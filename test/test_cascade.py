@@ -131,15 +131,16 @@ def test_a_mask_cut_off_by_the_border_must_out_check_a_whole_one_clearly():
             super().__init__()
             self.scores = scores
 
-        def retrieve(self, obj, prepared, image, mask, K, top_k=32, aligned=1):
+        def retrieve(self, obj, prepared, image, mask, K, top_k=32, aligned=0):
             score = self.scores[0 if mask[:, 0].any() else 1]
             return [PoseHypothesis(np.eye(4), 0.5, score, score, PoseCheck(score, 0.0, 0.0))]
 
     image, K = np.zeros((480, 640, 3), np.uint8), np.eye(3)
+    # aligned=0: no 3DGO to align the winner's hypotheses with (the choice is made before that)
     close = FixedChecks([1.32, 1.31])  # the duck's case: a yellow blob off the edge, just ahead
-    assert close.retrieve_best(None, None, image, [cut_off, whole], K)[0] == 1
+    assert close.retrieve_best(None, None, image, [cut_off, whole], K, aligned=0)[0] == 1
     clear = FixedChecks([1.31 + 2 * TRUNCATED_HANDICAP, 1.31])  # the box's case: its own mask, cut off
-    assert clear.retrieve_best(None, None, image, [cut_off, whole], K)[0] == 0
+    assert clear.retrieve_best(None, None, image, [cut_off, whole], K, aligned=0)[0] == 0
 
 
 def test_estimator_poses_objects_without_ground_truth(estimator, dataset):

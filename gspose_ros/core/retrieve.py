@@ -385,10 +385,22 @@ def retrieve_pose(obj: GaussianObject, bank: TemplateBank, image: np.ndarray, ma
         check = query.check(obj, T)
         hypotheses.append(PoseHypothesis(T, float(sims[idx]), check.iou, hypothesis_score(float(sims[idx]), check), check))
     hypotheses.sort(key=lambda h: -h.score)
-    if aligned > 0 and not touches_border(mask):
-        fine = QueryCrop(image, mask, box, K, size=ALIGN_SIZE)
-        for h in distinct_hypotheses(hypotheses, aligned):
-            h.T = fine.align(obj, h.T)
-            h.check = query.check(obj, h.T)
-            h.iou = h.check.iou
+    return align_hypotheses(obj, image, mask, K, hypotheses, aligned, query)
+
+
+def align_hypotheses(obj: GaussianObject, image: np.ndarray, mask: np.ndarray, K: np.ndarray,
+                     hypotheses: list[PoseHypothesis], n: int, query: QueryCrop | None = None) -> list[PoseHypothesis]:
+    """The n best distinct hypotheses (those refinement starts from) with their translation
+    aligned to the mask (QueryCrop.align) and checked again, in place; nothing for a mask cut off
+    by the image border. The order stays the ranking's."""
+    mask = np.asarray(mask) > 0
+    box = mask_box(mask)
+    if n <= 0 or box is None or touches_border(mask):
+        return hypotheses
+    fine = QueryCrop(image, mask, box, K, size=ALIGN_SIZE)
+    query = query or QueryCrop(image, mask, box, K)
+    for h in distinct_hypotheses(hypotheses, n):
+        h.T = fine.align(obj, h.T)
+        h.check = query.check(obj, h.T)
+        h.iou = h.check.iou
     return hypotheses
