@@ -141,6 +141,11 @@ def test_a_mask_cut_off_by_the_border_must_out_check_a_whole_one_clearly():
     assert close.retrieve_best(None, None, image, [cut_off, whole], K, aligned=0)[0] == 1
     clear = FixedChecks([1.31 + 2 * TRUNCATED_HANDICAP, 1.31])  # the box's case: its own mask, cut off
     assert clear.retrieve_best(None, None, image, [cut_off, whole], K, aligned=0)[0] == 0
+    # the margin is a parameter (EstimatorConfig.truncated_handicap, the retrieval node's): 0 = no handicap
+    assert close.retrieve_best(None, None, image, [cut_off, whole], K, aligned=0, truncated_handicap=0.0)[0] == 0
+    for bad in (-0.1, 2.0, float("nan")):
+        with pytest.raises(InputError, match="truncated_handicap"):
+            EstimatorConfig(truncated_handicap=bad)
 
 
 def test_estimator_poses_objects_without_ground_truth(estimator, dataset):

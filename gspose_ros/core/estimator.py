@@ -24,7 +24,7 @@ import numpy as np
 from .build import BuildConfig, BuildProgress, build_gaussian_object
 from .detect import Detection, check_image, colour_model
 from .errors import InputError
-from .frontend import COLOUR_KEY, FrontEnd, FrontEndConfig, WeightFreeFrontEnd, make_frontend
+from .frontend import COLOUR_KEY, TRUNCATED_HANDICAP, FrontEnd, FrontEndConfig, WeightFreeFrontEnd, make_frontend
 from .gaussians import GaussianObject
 from .geometry import check_intrinsics
 from .refine import RefineConfig, RefineResult, cascade_refine_config, refine_pose
@@ -64,6 +64,10 @@ class EstimatorConfig:
     # absent objects (56 vs 55)
     min_detection_score: float = 0.85
     max_candidates: int = 2  # detector candidates examined per object (each costs a retrieval; 3 gained nothing)
+    # a candidate mask cut off by the image border is chosen over a whole one only if its check is
+    # better by this (FrontEnd.retrieve_best): measured margins, a wrong blob off the edge 0.01 ahead
+    # of the duck's right mask, the box's right cut-off masks 0.23 and 0.52 ahead of wrong whole blobs
+    truncated_handicap: float = TRUNCATED_HANDICAP
     # a pose checking below this gets a second pass: the object cut again around its render,
     # then retrieval and refinement on that mask; the second pose must check at least this well
     # itself (its mask was cut to agree with a render, so its check flatters it: absent objects'
@@ -74,6 +78,9 @@ class EstimatorConfig:
     def __post_init__(self):
         if self.hypotheses < 1:
             raise InputError(f"hypotheses must be >= 1 (refined per detection), got {self.hypotheses}")
+        if not 0.0 <= self.truncated_handicap < 2.0:  # also refuses NaN; 2 = a check score's whole range
+            raise InputError(f"truncated_handicap must be in [0, 2) (a PoseCheck.score margin), "
+                             f"got {self.truncated_handicap}")
         if not 0.0 <= self.retrieval_opening < 0.5:  # also refuses NaN
             raise InputError(f"retrieval_opening must be in [0, 0.5) (a fraction of sqrt(mask area)), "
                              f"got {self.retrieval_opening}")
@@ -262,7 +269,7 @@ class Estimator:
         t0 = time.perf_counter()
         retrieved = self.frontend.retrieve_best(gaussians, registered.prepared, image, [d.mask for d in detections], K,
                                                 self.config.retrieval_top_k, self.config.retrieval_opening,
-                                                self.config.hypotheses)
+                                                self.config.hypotheses, self.config.truncated_handicap)
         timings["retrieve"] = time.perf_counter() - t0
         best: ObjectPose | None = None
         det: Detection | None = None

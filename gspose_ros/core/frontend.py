@@ -24,7 +24,8 @@ from .retrieve import PoseHypothesis, TemplateBank, align_hypotheses, build_temp
 from .segment import CoSegmentation, SegmentConfig, cosegment, open_mask
 
 BACKENDS = ("weight_free", "learned")
-# PoseCheck.score a candidate mask cut off by the image border must beat a whole one's by (retrieve_best)
+# PoseCheck.score a candidate mask cut off by the image border must beat a whole one's by
+# (retrieve_best; the default of EstimatorConfig.truncated_handicap and of the retrieval node's parameter)
 TRUNCATED_HANDICAP = 0.1
 COLOUR_KEY = "detector_colour_hsv"  # where registration stores the colour model in the 3DGO's metadata
 
@@ -94,8 +95,8 @@ class FrontEnd:
         return retrieve_pose(obj, prepared.bank, image, mask, K, top_k, self.describe(image, mask, prepared), aligned)
 
     def retrieve_best(self, obj: GaussianObject, prepared, image: np.ndarray, masks: list[np.ndarray], K: np.ndarray,
-                      top_k: int = 32, opening: float = 0.0,
-                      aligned: int = 1) -> tuple[int, list[PoseHypothesis]] | None:
+                      top_k: int = 32, opening: float = 0.0, aligned: int = 1,
+                      truncated_handicap: float = TRUNCATED_HANDICAP) -> tuple[int, list[PoseHypothesis]] | None:
         """Retrieval on every candidate mask of one object; (index of the candidate with the
         best-checking hypothesis, its hypotheses), or None when no mask gives any. Retrieval is
         cheap and its check already says which candidate looks like the object, so only that one
@@ -103,7 +104,7 @@ class FrontEnd:
         measure, not by the hypothesis ranking: the ranking leans on silhouette similarity, which
         a wrong blob of the object's colour can match too (duck: right candidate 19 -> 17 of 20).
         A mask cut off by the image border (see `candidates`) must out-check a whole one by
-        TRUNCATED_HANDICAP: retrieval reads the translation and scale off the mask's box and
+        `truncated_handicap`: retrieval reads the translation and scale off the mask's box and
         area, which truncation biases, so a close call is no evidence for it (a yellow blob
         running off the edge out-checked the duck's right mask by 0.01, while the box's right
         masks cut off by the border out-checked whole wrong blobs by 0.23 and 0.52).
@@ -118,7 +119,7 @@ class FrontEnd:
         for i, mask in enumerate(masks):
             hypotheses = self.retrieve(obj, prepared, image, open_mask(mask, opening), K, top_k, aligned=0)
             score = max((h.check.score for h in hypotheses if h.check is not None), default=-np.inf)
-            score -= TRUNCATED_HANDICAP if touches_border(mask) else 0.0
+            score -= truncated_handicap if touches_border(mask) else 0.0
             if hypotheses and (best is None or score > best_score):
                 best, best_score = (i, hypotheses), score
         if best is not None:

@@ -37,8 +37,12 @@ class RetrievalNode(Node):
         self.hypotheses = declare(self, "hypotheses", EstimatorConfig.hypotheses,
                                   "Distinct (>= 30 deg apart) hypotheses sent per detection; the refiner refines "
                                   "each and keeps the best-checking one")
-        # the Estimator's checks: hypotheses >= 1, retrieval_opening in [0, 0.5)
-        EstimatorConfig(hypotheses=self.hypotheses, retrieval_opening=self.opening)
+        self.truncated_handicap = declare(self, "truncated_handicap", EstimatorConfig.truncated_handicap,
+                                          "Check-score margin a detection mask cut off by the image border "
+                                          "needs over a whole one to be chosen")
+        # the Estimator's checks: hypotheses >= 1, retrieval_opening in [0, 0.5), truncated_handicap in [0, 2)
+        EstimatorConfig(hypotheses=self.hypotheses, retrieval_opening=self.opening,
+                        truncated_handicap=self.truncated_handicap)
         self.get_logger().info(f"{self.hypotheses} distinct hypotheses per detection")
         self.frontend = make_frontend(declare_frontend(self, retrieval=True))
         self.objects = RegisteredObjects(self, registry_dir, lambda _id, obj: (obj, self.frontend.prepare(obj)))
@@ -77,7 +81,8 @@ class RetrievalNode(Node):
             n = 1 if recut else self.hypotheses
             try:
                 retrieved = self.frontend.retrieve_best(obj, prepared, rgb, [image_to_mask(d.mask) for d in dets], K,
-                                                        self.top_k, 0.0 if recut else self.opening, n)
+                                                        self.top_k, 0.0 if recut else self.opening, n,
+                                                        self.truncated_handicap)
             except InputError as exc:
                 self.get_logger().warning(f"{object_id}: {exc}", throttle_duration_sec=5.0)
                 continue

@@ -207,7 +207,8 @@ def evaluate_pipeline(args, ids, infos, log):
     est = Estimator(EstimatorConfig(frontend=frontend, refine=cascade_refine_config(args.refine_steps),
                                     min_detection_score=args.min_detection_score, min_score=args.min_score,
                                     max_candidates=args.max_candidates, recut_below=args.recut_below,
-                                    hypotheses=args.hypotheses, retrieval_opening=args.retrieval_opening))
+                                    hypotheses=args.hypotheses, retrieval_opening=args.retrieval_opening,
+                                    truncated_handicap=args.truncated_handicap))
     # per object, once: what its poses and masks are judged by
     truth = {obj_id: ObjectTruth.load(args.root, obj_id, infos[obj_id]) for obj_id in ids}
     built = {}
@@ -340,6 +341,8 @@ def parse_args(argv=None):
                    help="pipeline: poses checking less get a second pass on a mask re-cut around their render (0: none)")
     p.add_argument("--retrieval-opening", type=float, default=EstimatorConfig.retrieval_opening,
                    help="pipeline: retrieve on the detection mask without parts thinner than this x sqrt(area) (0: off)")
+    p.add_argument("--truncated-handicap", type=float, default=EstimatorConfig.truncated_handicap,
+                   help="pipeline: check-score margin a mask cut off by the image border needs over a whole one")
     p.add_argument("--hypotheses", type=int, default=EstimatorConfig.hypotheses,
                    help="pipeline: distinct retrieval hypotheses refined per detection, the best kept (each costs a refinement)")
     p.add_argument("--max-frames", type=int, default=20, help="queries per object")
