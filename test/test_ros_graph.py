@@ -293,6 +293,12 @@ def test_pose_pipeline_runs_every_node_in_one_process(built_duck, dataset, tmp_p
         client.create_subscription(PoseStamped, "/object_pose", poses.append, 10)
         image_pub = client.create_publisher(Image, "/camera/image_raw", SENSOR)
         info_pub = client.create_publisher(CameraInfo, "/camera/camera_info", SENSOR)
+        # the detector and the refiner both take the camera: wait until DDS has matched them, so a
+        # failure below is the pipeline's, not discovery's
+        matched = time.monotonic() + 60.0
+        while image_pub.get_subscription_count() < 2 and time.monotonic() < matched:
+            executor.spin_once(timeout_sec=0.1)
+        assert image_pub.get_subscription_count() >= 2, "the pipeline's nodes never subscribed to /camera/image_raw"
         # the test views in turn: how many the quickly-fitted duck is found in varies (see above)
         views = [(f, f.load()[0]) for f in bop.load_split_frames(dataset, "test", 3)]
         deadline = time.monotonic() + 180.0  # start-up: the duck's template bank, numba compilation
@@ -307,7 +313,9 @@ def test_pose_pipeline_runs_every_node_in_one_process(built_duck, dataset, tmp_p
             end = time.monotonic() + 3.0
             while not poses and time.monotonic() < end:
                 executor.spin_once(timeout_sec=0.1)
-        assert poses, "the pipeline published no /object_pose for a view of the registered duck"
+        with open(tmp_path / "logs" / "pipeline.log") as fh:
+            log = fh.read()[-3000:]
+        assert poses, f"the pipeline published no /object_pose for {sent} views of the registered duck; its log:\n{log}"
         assert poses[0].header.frame_id == "pipeline_camera" and poses[0].pose.position.z > 0
         assert all(g.alive().values())
     finally:
