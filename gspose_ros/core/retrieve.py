@@ -301,7 +301,6 @@ class QueryCrop:
         chroma_error = float(np.abs(chromaticity(rgb) - self.chroma).sum(-1)[both].mean())
         return PoseCheck(iou, orientation, chroma_error, strength)
 
-
     def align(self, obj: GaussianObject, T: np.ndarray, iterations: int = ALIGN_ITERATIONS) -> np.ndarray:
         """T with its translation moved so that its render covers the query mask's area around
         the mask's centroid (the rotation is kept). Retrieval reads the translation off the mask's
@@ -317,10 +316,12 @@ class QueryCrop:
         K = self.K.numpy().astype(np.float64)
         T = np.array(T, dtype=np.float64)
         for _ in range(iterations):
+            if T[2, 3] <= 0:  # behind the camera: nothing to align
+                break
             with torch.no_grad():
                 out = render(obj, torch.from_numpy(T).float(), self.K, self.size, self.size)
             ys, xs = np.nonzero(out.alpha.numpy() > 0.5)
-            if len(xs) < 16 or T[2, 3] <= 0:
+            if len(xs) < 16:
                 break
             # clipped: a hypothesis comes from this mask's own area, so a large step is a bad render
             scale = float(np.clip(np.sqrt(area / len(xs)), 0.8, 1.25))
