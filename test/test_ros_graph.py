@@ -271,6 +271,10 @@ def test_pose_pipeline_runs_every_node_in_one_process(built_duck, dataset, tmp_p
         config = yaml.safe_load(fh)
     config["/**"]["ros__parameters"]["registry_dir"] = registry_dir
     config["gspose_refiner"]["ros__parameters"]["tracking"] = False
+    # the executable's plumbing is under test, not the found/not-found bar: the quickly-fitted duck's
+    # poses check at 0.67-0.82 against the 0.6 bar, and how well varies with the fit (parallel float
+    # sums), so a run where every view checked a little lower published nothing (2 of 5 CI runs)
+    config["gspose_refiner"]["ros__parameters"]["min_score"] = 0.3
     params = tmp_path / "pipeline.yaml"
     params.write_text(yaml.safe_dump(config))
     g = NodeGraph(config=str(params), log_dir=str(tmp_path / "logs"), env={"ROS_DOMAIN_ID": "78"})
@@ -289,8 +293,17 @@ def test_pose_pipeline_runs_every_node_in_one_process(built_duck, dataset, tmp_p
         future = cli.call_async(ListObjects.Request())
         executor.spin_until_future_complete(future, timeout_sec=60.0)
         assert future.done() and "duck" in future.result().object_ids
-        poses = []
+        from gspose_ros.msg import DetectionArray, ObjectPoseArray
+        from gspose_ros.nodes.common import STAGE_QOS
+
+        poses, stages = [], {"detections": 0, "initial poses": 0}
         client.create_subscription(PoseStamped, "/object_pose", poses.append, 10)
+        # what each stage sent: a failure says where the image stopped
+        client.create_subscription(DetectionArray, "/gspose/detections",
+                                   lambda _m: stages.__setitem__("detections", stages["detections"] + 1), STAGE_QOS)
+        client.create_subscription(ObjectPoseArray, "/gspose/initial_poses",
+                                   lambda _m: stages.__setitem__("initial poses", stages["initial poses"] + 1),
+                                   STAGE_QOS)
         image_pub = client.create_publisher(Image, "/camera/image_raw", SENSOR)
         info_pub = client.create_publisher(CameraInfo, "/camera/camera_info", SENSOR)
         # the detector and the refiner both take the camera: wait until DDS has matched them, so a
@@ -315,7 +328,8 @@ def test_pose_pipeline_runs_every_node_in_one_process(built_duck, dataset, tmp_p
                 executor.spin_once(timeout_sec=0.1)
         with open(tmp_path / "logs" / "pipeline.log") as fh:
             log = fh.read()[-3000:]
-        assert poses, f"the pipeline published no /object_pose for {sent} views of the registered duck; its log:\n{log}"
+        assert poses, (f"the pipeline published no /object_pose for {sent} views of the registered duck "
+                       f"(messages seen: {stages}); its log:\n{log}")
         assert poses[0].header.frame_id == "pipeline_camera" and poses[0].pose.position.z > 0
         assert all(g.alive().values())
     finally:
