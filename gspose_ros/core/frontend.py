@@ -115,16 +115,16 @@ class FrontEnd:
         aligned checks flattered a wrong blob over the duck's own, if leaky, mask (test frame 15 of
         /tmp/ds2: IoU 0.70 chosen before, a wrong blob with alignment), and one
         candidate's alignment is all a refinement needs."""
-        best, best_score = None, -np.inf
+        best, best_score, best_opened = None, -np.inf, None
         for i, mask in enumerate(masks):
-            hypotheses = self.retrieve(obj, prepared, image, open_mask(mask, opening), K, top_k, aligned=0)
+            opened = open_mask(mask, opening)
+            hypotheses = self.retrieve(obj, prepared, image, opened, K, top_k, aligned=0)
             score = max((h.check.score for h in hypotheses if h.check is not None), default=-np.inf)
             score -= truncated_handicap if touches_border(mask) else 0.0
             if hypotheses and (best is None or score > best_score):
-                best, best_score = (i, hypotheses), score
+                best, best_score, best_opened = (i, hypotheses), score, opened
         if best is not None:
-            index, hypotheses = best
-            align_hypotheses(obj, image, open_mask(masks[index], opening), K, hypotheses, aligned)
+            align_hypotheses(obj, image, best_opened, K, best[1], aligned)
         return best
 
 
