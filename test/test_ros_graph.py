@@ -273,7 +273,8 @@ def test_pose_pipeline_runs_every_node_in_one_process(built_duck, dataset, tmp_p
     config["gspose_refiner"]["ros__parameters"]["tracking"] = False
     # the executable's plumbing is under test, not the found/not-found bar: the quickly-fitted duck's
     # poses check at 0.67-0.82 against the 0.6 bar, and how well varies with the fit (parallel float
-    # sums), so a run where every view checked a little lower published nothing (2 of 5 CI runs)
+    # sums). Suspected, not confirmed, cause of 2 of 5 CI runs publishing nothing: every view checked
+    # a little lower; a failure now reports each stage's message count
     config["gspose_refiner"]["ros__parameters"]["min_score"] = 0.3
     params = tmp_path / "pipeline.yaml"
     params.write_text(yaml.safe_dump(config))
