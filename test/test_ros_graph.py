@@ -6,6 +6,7 @@ it these tests skip, unless GSPOSE_REQUIRE_ROS=1 (set by scripts/test.sh) makes 
 """
 
 import os
+import signal
 import time
 
 import numpy as np
@@ -276,6 +277,7 @@ def test_pose_pipeline_runs_every_node_in_one_process(built_duck, dataset, tmp_p
     with open(default_config()) as fh:
         config = yaml.safe_load(fh)
     config["/**"]["ros__parameters"]["registry_dir"] = registry_dir
+    config["/**"]["ros__parameters"]["stats_period_s"] = 2.0  # a failure's log says where frames stopped
     config["gspose_refiner"]["ros__parameters"]["tracking"] = False
     params = tmp_path / "pipeline.yaml"
     params.write_text(yaml.safe_dump(config))
@@ -328,8 +330,11 @@ def test_pose_pipeline_runs_every_node_in_one_process(built_duck, dataset, tmp_p
             end = time.monotonic() + 3.0
             while not poses and time.monotonic() < end:
                 executor.spin_once(timeout_sec=0.1)
+        if not poses:  # where each thread of the pipeline is: its stacks go to its log (run_nodes)
+            os.kill(g.procs["pipeline"].pid, signal.SIGUSR1)
+            time.sleep(1.0)
         with open(tmp_path / "logs" / "pipeline.log") as fh:
-            log = fh.read()[-3000:]
+            log = fh.read()[-12000:]
         assert poses, (f"the pipeline published no /object_pose for {sent} views of the registered duck "
                        f"(messages seen: {stages}); its log:\n{log}")
         assert poses[0].header.frame_id == "pipeline_camera" and poses[0].pose.position.z > 0
@@ -339,3 +344,47 @@ def test_pose_pipeline_runs_every_node_in_one_process(built_duck, dataset, tmp_p
         client.destroy_node()
         rclpy.shutdown(context=context)
         g.stop()
+
+
+def test_latest_slot_keeps_the_newest_frame_counts_and_survives_a_failing_one():
+    """The hand-off every node's frames go through: frames arriving while the worker is busy
+    replace each other (counted as dropped), a frame whose processing raises is counted as
+    failed and the worker goes on; the counts are what the nodes' periodic log line reports."""
+    import threading
+
+    from gspose_ros.nodes.common import LatestSlot
+
+    busy, done, seen, errors = threading.Event(), threading.Event(), [], []
+
+    def work(item):
+        seen.append(item)
+        if item == "first":
+            busy.wait(10.0)
+        if item == "bad":
+            raise ValueError("corrupt frame")
+        if item == "last":
+            done.set()
+
+    slot = LatestSlot(work, errors.append)
+    try:
+        slot.put("first")
+        deadline = time.monotonic() + 10.0
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for item in ("a", "b", "bad"):  # arrive while "first" is processed: only the newest waits
+            slot.put(item)
+        busy.set()
+        deadline = time.monotonic() + 10.0
+        while slot.processed < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        slot.put("last")
+        assert done.wait(10.0), "the worker stopped after a failing frame"
+        assert seen == ["first", "bad", "last"]
+        assert [str(e) for e in errors] == ["corrupt frame"]
+        deadline = time.monotonic() + 10.0
+        while slot.processed < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert (slot.received, slot.processed, slot.failed, slot.dropped) == (5, 3, 1, 2)
+        assert slot.counts() == "5 received, 3 processed (1 failed), 2 dropped while busy"
+    finally:
+        slot.stop()

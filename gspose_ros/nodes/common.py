@@ -1,8 +1,10 @@
 """What every gspose_ros node shares: parameters with descriptions, latest-wins frame
-handling, camera image/info pairing by stamp, and the registered objects on disk."""
+handling with its counts, camera image/info pairing by stamp, and the registered objects on disk."""
 
 from __future__ import annotations
 
+import faulthandler
+import signal
 import sys
 import threading
 import time
@@ -44,13 +46,16 @@ class LatestSlot:
         self._item = None
         self._cond = threading.Condition()
         self._stop = False
+        self.received = 0
         self.dropped = 0
         self.processed = 0
+        self.failed = 0
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def put(self, item) -> None:
         with self._cond:
+            self.received += 1
             if self._item is not None:
                 self.dropped += 1
             self._item = item
@@ -67,13 +72,37 @@ class LatestSlot:
             try:
                 self._work(item)
             except Exception as exc:  # a bad frame must never kill the worker
+                self.failed += 1
                 self._on_error(exc)
             self.processed += 1
+
+    def counts(self) -> str:
+        """What came in and what became of it, for the node's periodic log line."""
+        return (f"{self.received} received, {self.processed} processed ({self.failed} failed), "
+                f"{self.dropped} dropped while busy")
 
     def stop(self) -> None:
         with self._cond:
             self._stop = True
             self._cond.notify()
+
+
+def log_counts_periodically(node: Node, describe: Callable[[], str]) -> None:
+    """Declare `stats_period_s` and log describe() (a node's message counts) that often, when it
+    changed: a graph that publishes no pose says at which node and stage the frames stopped."""
+    period = declare(node, "stats_period_s", 30.0,
+                     "Log this node's message counts this often, when they changed (0: never)")
+    if period <= 0:
+        return
+    last = [""]
+
+    def tick():
+        text = describe()
+        if text != last[0]:
+            last[0] = text
+            node.get_logger().info(text)
+
+    node.create_timer(float(period), tick)
 
 
 class CameraPairing:
@@ -192,7 +221,10 @@ def declare_frontend(node: Node, detection: bool = False, retrieval: bool = Fals
 
 def run_nodes(node_classes: list[type], argv=None) -> int:
     """rclpy.init, construct the nodes, spin them. A node that cannot start (e.g. a checkpoint
-    that is missing or does not fit) says why on stderr and the process exits with status 2."""
+    that is missing or does not fit) says why on stderr and the process exits with status 2.
+    SIGUSR1 prints every thread's Python stack to stderr (`kill -USR1 <pid>`): where a node that
+    has gone quiet is waiting."""
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     rclpy.init(args=argv if argv is not None else sys.argv)
     try:
         nodes = [cls() for cls in node_classes]

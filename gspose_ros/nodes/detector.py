@@ -22,7 +22,17 @@ from ..core.errors import InputError
 from ..core.estimator import EstimatorConfig
 from ..core.frontend import make_frontend
 from ..msg import DetectionArray, ObjectDetection, ObjectPoseArray, ObjectPoseEstimate
-from .common import SENSOR_QOS, STAGE_QOS, CameraPairing, LatestSlot, RegisteredObjects, declare, declare_frontend, run_nodes
+from .common import (
+    SENSOR_QOS,
+    STAGE_QOS,
+    CameraPairing,
+    LatestSlot,
+    RegisteredObjects,
+    declare,
+    declare_frontend,
+    log_counts_periodically,
+    run_nodes,
+)
 from .conversions import mask_to_image
 
 
@@ -48,6 +58,9 @@ class DetectorNode(Node):
         self.mask_pub = self.create_publisher(Image, "/gspose/mask", STAGE_QOS)
         self.slot = LatestSlot(self.process, lambda e: self.get_logger().warning(f"frame skipped: {e}"))
         self._tracked: dict[str, float] = {}  # object id -> monotonic time it was last reported tracked
+        self.sent = 0
+        log_counts_periodically(self, lambda: f"images: {self.slot.counts()}; detection arrays sent: {self.sent}; "
+                                              f"objects: {[i for i, _ in self.objects.items()]}")
         self.create_subscription(ObjectPoseArray, "/gspose/object_poses", self.on_object_poses, 10)
         self.create_subscription(CameraInfo, "/camera/camera_info", self.pairing.add_info, SENSOR_QOS)
         self.create_subscription(Image, "/camera/image_raw", self.slot.put, SENSOR_QOS)
@@ -80,6 +93,7 @@ class DetectorNode(Node):
                                                       mask=mask_to_image(d.mask, image_msg.header)))
                 union |= d.mask
         self.pub.publish(out)
+        self.sent += 1
         self.mask_pub.publish(mask_to_image(union, image_msg.header))
 
 

@@ -40,7 +40,16 @@ from ..core.segment import recut_mask
 from ..core.track import Tracker
 from ..core.visualize import draw_overlay
 from ..msg import DetectionArray, ObjectDetection, ObjectPoseArray, ObjectPoseEstimate
-from .common import SENSOR_QOS, STAGE_QOS, CameraPairing, LatestSlot, RegisteredObjects, declare, run_nodes
+from .common import (
+    SENSOR_QOS,
+    STAGE_QOS,
+    CameraPairing,
+    LatestSlot,
+    RegisteredObjects,
+    declare,
+    log_counts_periodically,
+    run_nodes,
+)
 from .conversions import (
     carried_frame,
     image_to_mask,
@@ -113,6 +122,9 @@ class RefinerNode(Node):
         warn = lambda e: self.get_logger().warning(f"skipped: {e}")  # noqa: E731
         self.initial_slot = LatestSlot(self.on_initial, warn)
         self.frame_slot = LatestSlot(self.on_frame, warn)
+        self.poses_sent = 0
+        log_counts_periodically(self, lambda: f"initial poses: {self.initial_slot.counts()}; camera images: "
+                                              f"{self.frame_slot.counts()}; /object_pose sent: {self.poses_sent}")
         self.create_subscription(ObjectPoseArray, "/gspose/initial_poses", self.initial_slot.put, STAGE_QOS)
         self.create_subscription(CameraInfo, "/camera/camera_info", self.pairing.add_info, SENSOR_QOS)
         self.create_subscription(Image, "/camera/image_raw", self.frame_slot.put, SENSOR_QOS)
@@ -221,6 +233,7 @@ class RefinerNode(Node):
         chosen = [r for r in good if r[0] == self.target] if self.target else sorted(good, key=lambda r: -r[2])[:1]
         if chosen:
             self.pose_pub.publish(matrix_to_pose_stamped(chosen[0][1], header))
+            self.poses_sent += 1
         self._publish_markers(header, good)
         if self.tf is not None:
             for object_id, T, *_ in good:

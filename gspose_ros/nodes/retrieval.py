@@ -22,7 +22,7 @@ from ..core.estimator import EstimatorConfig
 from ..core.frontend import make_frontend
 from ..core.retrieve import distinct_hypotheses
 from ..msg import DetectionArray, ObjectPoseArray, ObjectPoseEstimate
-from .common import STAGE_QOS, LatestSlot, RegisteredObjects, declare, declare_frontend, run_nodes
+from .common import STAGE_QOS, LatestSlot, RegisteredObjects, declare, declare_frontend, log_counts_periodically, run_nodes
 from .conversions import carried_frame, image_to_mask, matrix_to_pose
 
 
@@ -51,6 +51,9 @@ class RetrievalNode(Node):
         self._lock = threading.Lock()  # two input slots, one retrieval at a time
         self.slot = LatestSlot(lambda m: self.process(m, ObjectPoseEstimate.STATUS_INITIAL), warn)
         self.recut_slot = LatestSlot(lambda m: self.process(m, ObjectPoseEstimate.STATUS_INITIAL_RECUT), warn)
+        self.sent = 0
+        log_counts_periodically(self, lambda: f"detections: {self.slot.counts()}; re-cut detections: "
+                                              f"{self.recut_slot.counts()}; initial pose arrays sent: {self.sent}")
         self.create_subscription(DetectionArray, "/gspose/detections", self.slot.put, STAGE_QOS)
         self.create_subscription(DetectionArray, "/gspose/recut_detections", self.recut_slot.put, STAGE_QOS)
 
@@ -96,6 +99,7 @@ class RetrievalNode(Node):
                                                     box=list(det.box), mask=det.mask))
         if out.poses:
             self.pub.publish(out)
+            self.sent += 1
 
 
 def main(argv=None) -> int:
