@@ -114,9 +114,11 @@ class CameraPairing:
         self._infos: OrderedDict[int, object] = OrderedDict()
         self._keep = keep
         self._lock = threading.Lock()
+        self.received = 0
 
     def add_info(self, msg) -> None:
         with self._lock:
+            self.received += 1
             self._infos[stamp_ns(msg.header.stamp)] = msg
             while len(self._infos) > self._keep:
                 self._infos.popitem(last=False)

@@ -59,7 +59,8 @@ class DetectorNode(Node):
         self.slot = LatestSlot(self.process, lambda e: self.get_logger().warning(f"frame skipped: {e}"))
         self._tracked: dict[str, float] = {}  # object id -> monotonic time it was last reported tracked
         self.sent = 0
-        log_counts_periodically(self, lambda: f"images: {self.slot.counts()}; detection arrays sent: {self.sent}; "
+        log_counts_periodically(self, lambda: f"images: {self.slot.counts()}; camera_info: "
+                                              f"{self.pairing.received} received; detection arrays sent: {self.sent}; "
                                               f"objects: {[i for i, _ in self.objects.items()]}")
         self.create_subscription(ObjectPoseArray, "/gspose/object_poses", self.on_object_poses, 10)
         self.create_subscription(CameraInfo, "/camera/camera_info", self.pairing.add_info, SENSOR_QOS)

@@ -124,7 +124,8 @@ class RefinerNode(Node):
         self.frame_slot = LatestSlot(self.on_frame, warn)
         self.poses_sent = 0
         log_counts_periodically(self, lambda: f"initial poses: {self.initial_slot.counts()}; camera images: "
-                                              f"{self.frame_slot.counts()}; /object_pose sent: {self.poses_sent}")
+                                              f"{self.frame_slot.counts()}; camera_info: {self.pairing.received} received; "
+                                              f"/object_pose sent: {self.poses_sent}")
         self.create_subscription(ObjectPoseArray, "/gspose/initial_poses", self.initial_slot.put, STAGE_QOS)
         self.create_subscription(CameraInfo, "/camera/camera_info", self.pairing.add_info, SENSOR_QOS)
         self.create_subscription(Image, "/camera/image_raw", self.frame_slot.put, SENSOR_QOS)
