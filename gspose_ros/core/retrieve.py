@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import cv2
 import numpy as np
@@ -283,9 +284,20 @@ class QueryCrop:
         self.size = size
         self.K = torch.from_numpy(self.window.crop_intrinsics(K)).float()
         self.mask = crop_image(mask.astype(np.float32), self.window) > 0.5
-        self.rgb = crop_image(image, self.window).astype(np.float32) / 255.0
-        self.gray = cv2.cvtColor(self.rgb, cv2.COLOR_RGB2GRAY)
-        self.chroma = chromaticity(self.rgb)
+        self._image = image
+
+    # the appearance of the crop, made on first use: align() needs only the mask
+    @cached_property
+    def rgb(self) -> np.ndarray:
+        return crop_image(self._image, self.window).astype(np.float32) / 255.0
+
+    @cached_property
+    def gray(self) -> np.ndarray:
+        return cv2.cvtColor(self.rgb, cv2.COLOR_RGB2GRAY)
+
+    @cached_property
+    def chroma(self) -> np.ndarray:
+        return chromaticity(self.rgb)
 
     def check(self, obj: GaussianObject, T: np.ndarray) -> PoseCheck:
         with torch.no_grad():
