@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from gspose_ros.core import bop, metrics, synth
-from gspose_ros.core.detect import DetectorConfig, colour_model, detect
+from gspose_ros.core.detect import DetectorConfig, _sure_core, colour_model, detect
 from gspose_ros.core.errors import InputError
 from gspose_ros.core.estimator import COLOUR_KEY, Estimator, EstimatorConfig, ObjectPose, choose_refined, refine_and_check
 from gspose_ros.core.geometry import mask_box
@@ -216,6 +216,25 @@ def test_open_mask_drops_thin_leaks_and_keeps_the_body():
     for bad in (-0.1, 0.5, float("nan")):
         with pytest.raises(InputError, match="retrieval_opening"):
             EstimatorConfig(retrieval_opening=bad)
+
+
+def test_grabcut_core_leaves_out_what_hangs_off_the_seed_by_a_thin_neck():
+    """The detector's sure-object core: a seed that ran from the object along a 4-px neck into a
+    smaller background blob of the object's colours keeps only the object's body as sure object
+    (neck and blob stay probable, for GrabCut to decide); erosion alone kept the blob."""
+    body = np.zeros((160, 200), bool)
+    body[40:120, 20:100] = True
+    seed = body.copy()
+    seed[78:82, 100:130] = True  # the neck
+    seed[60:100, 130:170] = True  # background of the object's colours
+    core = _sure_core(seed, 0.3)
+    assert not core[:, 100:].any()
+    assert core[50:110, 30:90].all() and not (core & ~body).any()
+    eroded = _sure_core(seed, 0.0)
+    assert eroded[70:90, 140:160].all()  # erosion alone: the blob is sure object
+    speck = np.zeros((50, 50), bool)
+    speck[10:14, 10:14] = True  # nothing survives the opening: eroded as before (empty here)
+    assert np.array_equal(_sure_core(speck, 0.3), _sure_core(speck, 0.0))
 
 
 def test_objects_without_a_usable_colour_model_are_refused(built_duck):
