@@ -18,6 +18,7 @@ from scipy.ndimage import convolve1d
 
 from .colour import HSV_BINS, N_HSV, grabcut_foreground, histogram, hsv_bins
 from .errors import InputError
+from .segment import open_mask
 
 
 @dataclass
@@ -84,16 +85,13 @@ def object_probability(image: np.ndarray, model: np.ndarray) -> np.ndarray:
 
 
 def _sure_core(seed: np.ndarray, opening: float) -> np.ndarray:
-    """The part of a boolean seed GrabCut must keep as object: its largest piece after an opening
-    with a disc of `opening` x sqrt(seed area) (thin necks and what hangs off them go), eroded by
-    2 px; the seed eroded alone when opening <= 0 or when nothing survives the opening."""
-    core = seed.astype(np.uint8)
-    if opening > 0 and seed.any():
-        side = max(5, int(round(opening * np.sqrt(seed.sum())))) | 1
-        opened = cv2.morphologyEx(core, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side, side)))
-        n, pieces, stats, _ = cv2.connectedComponentsWithStats(opened, connectivity=8)
-        if n > 1:
-            core = (pieces == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))).astype(np.uint8)
+    """The part of a boolean seed GrabCut must keep as object: the largest piece of the seed
+    opened with a disc of `opening` x sqrt(seed area) (segment.open_mask: thin necks and what
+    hangs off them go; the seed itself when too little survives), eroded by 2 px."""
+    core = open_mask(seed, opening).astype(np.uint8)
+    n, pieces, stats, _ = cv2.connectedComponentsWithStats(core, connectivity=8)
+    if n > 2:
+        core = (pieces == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))).astype(np.uint8)
     return cv2.erode(core, np.ones((5, 5), np.uint8)) > 0
 
 
