@@ -24,9 +24,10 @@ def duck_refs(dataset):
 
 
 @pytest.fixture(scope="module")
-def estimator(built, built_duck, dataset):
-    """Duck and low-texture bracket registered from their fitted 3DGOs and GT-masked references."""
-    est = Estimator()
+def estimator(built, built_duck, dataset, quick_fit_min_score):
+    """Duck and low-texture bracket registered from their fitted 3DGOs and GT-masked references
+    (quickly fitted: the pose bar is conftest's quick_fit_min_score)."""
+    est = Estimator(EstimatorConfig(min_score=quick_fit_min_score))
     for name, obj_id, obj in (("duck", 3, built_duck), ("bracket", 2, built[0].gaussians)):
         loaded = [f.load() for f in bop.load_split_frames(dataset, "train", obj_id)]
         obj.meta[COLOUR_KEY] = colour_model([i for i, _ in loaded], [m for _, m in loaded]).tolist()
