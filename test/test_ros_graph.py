@@ -80,16 +80,16 @@ def call(client, srv_type, name, request, timeout=300.0):
     return future.result()
 
 
-# Runs first in this module, before the `graph` fixture exists: then this process holds one DDS
-# participant (the test's own context), as a camera driver's would. Known intermittent failure: in
-# 3 of 8 clean-clone CI runs (2026-11-25), and in 2 of 14 local runs of this module, the pipeline
-# published nothing for 60 views. The nodes' count lines said where: the pipeline process received
-# none of the ~0.9 MB images and only 8 of ~60 camera_info messages (best-effort), while its executor
-# and workers waited idle and the test's publisher had matched both subscriptions: the frames were
-# lost between the processes, not in the nodes. Every failure came with the graph fixture's default
-# context (domain 77) alive beside this test's (domain 78) in the test process, and none in ~10 runs
-# of this test alone; this order is the test of that guess. Kept running, so that it keeps reporting
-# (its failure message gives each stage's message count and the pipeline's log with the counts and stacks).
+# Known intermittent failure: in 3 of 8 clean-clone CI runs (2026-11-25), 2 of 14 local runs of this
+# module and the next clean-clone run, the pipeline published nothing for 60 views. The nodes' count
+# lines said where: the pipeline process received none of the ~0.9 MB best-effort images and only
+# 6-8 of ~60 camera_info messages, while its executor and workers waited idle and the test's
+# publisher had matched both subscriptions: the frames were lost between the processes (Fast DDS),
+# not in the nodes. It runs first in this module (one DDS participant in the test process, as a
+# camera driver's): every failure until then had the graph fixture's context alive beside the
+# test's, but the next clean-clone run failed the same way from here, so that was not the cause.
+# Kept running, so that it keeps reporting (its failure message gives each stage's message count
+# and the pipeline's log with the counts and stacks).
 @pytest.mark.xfail(strict=False, reason="intermittent: the test's camera images sometimes never reach the "
                                         "pipeline process (DDS delivery; cause not found yet)")
 def test_pose_pipeline_runs_every_node_in_one_process(built_duck, dataset, tmp_path, quick_fit_min_score):
