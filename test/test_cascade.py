@@ -7,14 +7,10 @@ from gspose_ros.core import bop, metrics, synth
 from gspose_ros.core.detect import DetectorConfig, _sure_core, colour_model, detect
 from gspose_ros.core.errors import InputError
 from gspose_ros.core.estimator import COLOUR_KEY, Estimator, EstimatorConfig, ObjectPose, choose_refined, refine_and_check
-from gspose_ros.core.geometry import mask_box
+from gspose_ros.core.geometry import mask_box, mask_iou
 from gspose_ros.core.refine import cascade_refine_config, perturb_pose
 from gspose_ros.core.registry import check_object_id
 from gspose_ros.core.segment import SegmentConfig, cosegment, cut_around_pose, open_mask
-
-
-def _iou(a, b):
-    return (a & b).sum() / max((a | b).sum(), 1)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +34,7 @@ def estimator(built, built_duck, dataset, quick_fit_min_score):
 def test_cosegmentation_matches_ground_truth_masks(duck_refs):
     frames, loaded = duck_refs
     seg = cosegment([i for i, _ in loaded], [f.T for f in frames], [f.K for f in frames])
-    ious = [_iou(m, gt) for m, (_, gt) in zip(seg.masks, loaded)]
+    ious = [mask_iou(m, gt) for m, (_, gt) in zip(seg.masks, loaded)]
     assert np.median(ious) > 0.9, ious
     # a mask that spills onto the background gives the 3DGO floaters: the second GrabCut round
     # took the median precision on these views from 0.955 to 0.985
@@ -72,9 +68,23 @@ def test_detector_finds_the_object_in_clutter(duck_refs, dataset):
     for f in bop.load_split_frames(dataset, "test", 3):
         image, gt = f.load()
         found = detect(image, model)
-        ious.append(_iou(found[0].mask, gt) if found else 0.0)
+        ious.append(mask_iou(found[0].mask, gt) if found else 0.0)
         assert all(0.0 <= d.score <= 1.0 and d.mask.shape == gt.shape for d in found)
     assert np.mean(np.array(ious) >= 0.8) >= 0.75, ious
+
+
+def test_detector_cuts_each_proposal_once_per_distinct_core(duck_refs, dataset):
+    """A proposal is cut by GrabCut once per sure-object core (DetectorConfig.core_openings); a
+    cut the same as an earlier one of its proposal (IoU >= same_cut_iou) is dropped."""
+    _, loaded = duck_refs
+    model = colour_model([i for i, _ in loaded], [m for _, m in loaded])
+    image, _ = bop.load_split_frames(dataset, "test", 3)[0].load()
+    single = detect(image, model, DetectorConfig(core_openings=(0.3,)))
+    assert single
+    repeated = detect(image, model, DetectorConfig(core_openings=(0.3, 0.3)))
+    assert len(repeated) == len(single)
+    both = detect(image, model, DetectorConfig(core_openings=(0.3, 0.0)))
+    assert len(single) <= len(both) <= 2 * len(single)
 
 
 def test_detector_rejects_bad_images(duck_refs):
@@ -271,7 +281,7 @@ def test_a_leaky_detection_mask_is_cut_again_around_a_rough_pose(built_duck, dat
     leaky[y0:y1, x1:min(x1 + (x1 - x0) // 2, gt.shape[1])] = True
     T_rough = perturb_pose(f.T, np.random.default_rng(1), max_rot_deg=10, max_depth_frac=0.03, max_lateral_frac=0.01)
     cut = cut_around_pose(image, built_duck, T_rough, f.K, SegmentConfig())
-    assert _iou(cut, gt) > 0.85 and _iou(cut, gt) > _iou(leaky, gt) + 0.1, (_iou(cut, gt), _iou(leaky, gt))
+    assert mask_iou(cut, gt) > 0.85 and mask_iou(cut, gt) > mask_iou(leaky, gt) + 0.1, (mask_iou(cut, gt), mask_iou(leaky, gt))
 
 
 def test_of_two_refined_poses_the_one_that_explains_the_detection_is_kept(built_duck, dataset):

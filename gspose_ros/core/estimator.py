@@ -58,12 +58,12 @@ class EstimatorConfig:
     refine: RefineConfig = field(default_factory=cascade_refine_config)
     # "not found" thresholds, set on synthetic scenes vs object-free clutter (RESULTS.md):
     # the refined pose's check score (in [0, 1]). 0.65 since the detector's tighter masks
-    # (DetectorConfig.core_opening) and the lower detection bar below: at 0.6 those passed
+    # (DetectorConfig.core_openings) and the lower detection bar below: at 0.6 those passed
     # absent objects' blobs whose poses checked 0.6-0.65 (false poses 6 -> 12 of 120 searches);
     # at 0.65 6/120 and 0 of 10 clutter images, right poses rejected 1 of 60; at 0.7 1/120 but 5
     min_score: float = 0.65
     # the detection's score (weight-free: colour similarity to the references), on the
-    # saturation-smoothed similarity. Was 0.85; with core_opening the box's right masks no longer
+    # saturation-smoothed similarity. Was 0.85; with core_openings the box's right masks no longer
     # leak into background and score 0.84 (frames 6, 12): 0.82 keeps them
     min_detection_score: float = 0.82
     max_candidates: int = 2  # detector candidates examined per object (each costs a retrieval; 3 gained nothing)

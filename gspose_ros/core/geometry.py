@@ -185,3 +185,10 @@ def mask_box(mask) -> np.ndarray | None:
     if len(xs) == 0:
         return None
     return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=np.float64)
+
+
+def mask_iou(a, b) -> float:
+    """Intersection over union of two boolean masks of one size (0 when both are empty)."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    union = (a | b).sum()
+    return float((a & b).sum() / union) if union else 0.0

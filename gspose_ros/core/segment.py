@@ -30,7 +30,7 @@ from .build import outside_votes_of
 from .colour import N_HSV, grabcut_foreground, histogram, hsv_bins
 from .errors import InputError
 from .gaussians import GaussianObject
-from .geometry import crop_window_from_pose, mask_box
+from .geometry import crop_window_from_pose, mask_box, mask_iou
 from .render import render
 from .views import check_view_arrays, paste_crop
 
@@ -202,11 +202,6 @@ def open_mask(mask: np.ndarray, fraction: float) -> np.ndarray:
     return opened if opened.sum() >= 16 else mask
 
 
-def _iou(a, b) -> float:
-    union = (a | b).sum()
-    return float((a & b).sum() / union) if union else 0.0
-
-
 def recut_mask(obj: GaussianObject, image: np.ndarray, mask: np.ndarray, T: np.ndarray, K: np.ndarray,
                cfg: SegmentConfig, min_change: float) -> tuple[np.ndarray, np.ndarray] | None:
     """The second pass's mask: the object cut again around its render at T (a pose that checked
@@ -217,7 +212,7 @@ def recut_mask(obj: GaussianObject, image: np.ndarray, mask: np.ndarray, T: np.n
     box = mask_box(cut)
     if box is None or cut.sum() < 16:
         return None
-    return None if _iou(cut, mask) > 1.0 - min_change else (cut, box)
+    return None if mask_iou(cut, mask) > 1.0 - min_change else (cut, box)
 
 
 def cosegment(images, poses, Ks, config: SegmentConfig | None = None) -> CoSegmentation:
@@ -265,7 +260,7 @@ def cosegment(images, poses, Ks, config: SegmentConfig | None = None) -> CoSegme
     votes = outside_votes_of(grid, cut, poses, Ks)
     hull = _hull_masks(grid, votes, max_votes, spacing_px, poses, Ks, shapes)
     masks = [c & h for c, h in zip(cut, hull)]
-    confidences = np.array([_iou(c, h) for c, h in zip(cut, hull)])
+    confidences = np.array([mask_iou(c, h) for c, h in zip(cut, hull)])
     if np.median(confidences) < cfg.min_confidence:
         raise InputError(f"co-segmentation could not separate the object from its background (median view "
                          f"confidence {np.median(confidences):.2f} < {cfg.min_confidence}); supply masks")

@@ -37,6 +37,7 @@ from ..core.errors import InputError
 from ..core.estimator import COLOUR_KEY, Estimator, EstimatorConfig
 from ..core.frontend import BACKENDS, FrontEnd, FrontEndConfig, WeightFreeFrontEnd
 from ..core.gaussians import load_gaussians, save_gaussians
+from ..core.geometry import mask_iou
 from ..core.refine import RefineConfig, cascade_refine_config, perturb_pose, refine_pose
 from ..core.views import validate_views
 
@@ -193,11 +194,6 @@ def frame_outcome(detected: bool, candidate_iou: float, posed: bool, rejected_ri
     return "poor mask" if candidate_iou < GOOD_MASK_IOU else "wrong pose"
 
 
-def _mask_iou(a, b) -> float:
-    union = (a | b).sum()
-    return float((a & b).sum() / union) if union else 0.0
-
-
 def evaluate_pipeline(args, ids, infos, log):
     """Every evaluated object registered in one Estimator; each test image is searched for all of them
     (--search all) or for those annotated in it (present)."""
@@ -242,12 +238,12 @@ def evaluate_pipeline(args, ids, infos, log):
             pose = report.pose
             row = {"scene_id": f.scene_id, "im_id": f.im_id, "found": pose is not None, "timings": report.timings,
                    # the detector stage alone: the chosen candidate, whether or not its pose passed
-                   "candidate_iou": _mask_iou(report.detection.mask, gt_mask) if report.detection else 0.0}
+                   "candidate_iou": mask_iou(report.detection.mask, gt_mask) if report.detection else 0.0}
             if pose is None:
                 row.update({"det_iou": 0.0, "detected": False, "add_0.1d": False, "proj2d_5px": False, "5cm5deg": False,
                             "init": {"add_0.1d": False}, "score": 0.0})
             else:
-                row.update({"det_iou": _mask_iou(pose.mask, gt_mask), "score": pose.score,
+                row.update({"det_iou": mask_iou(pose.mask, gt_mask), "score": pose.score,
                             "init": judge.errors(pose.T_initial, f), **judge.errors(pose.T, f)})
                 row["detected"] = row["det_iou"] >= 0.5
             rejected_right = report.rejected is not None and bool(judge.errors(report.rejected.T, f)["add_0.1d"])
