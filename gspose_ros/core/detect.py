@@ -18,7 +18,7 @@ from scipy.ndimage import convolve1d
 
 from .colour import HSV_BINS, N_HSV, grabcut_foreground, histogram, hsv_bins
 from .errors import InputError
-from .geometry import mask_iou
+from .geometry import mask_box, mask_iou
 from .segment import open_mask
 
 
@@ -169,14 +169,13 @@ def detect(image: np.ndarray, model: np.ndarray, config: DetectorConfig | None =
     for _, i in sorted(proposals, reverse=True)[: cfg.max_proposals]:
         seed = cv2.resize((comp == i).astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
         x, y, bw, bh = stats[i, :4] / scale
+        proposal_box = np.array([x, y, x + bw, y + bh])
         cuts: list[np.ndarray] = []
         for opening in cfg.core_openings:
-            mask = _grabcut(image, seed, np.array([x, y, x + bw, y + bh]), cfg, opening)
+            mask = _grabcut(image, seed, proposal_box, cfg, opening)
             if mask is None or mask.sum() < 16 or any(mask_iou(mask, c) >= cfg.same_cut_iou for c in cuts):
                 continue
             cuts.append(mask)
-            ys, xs = np.nonzero(mask)
-            box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=np.float64)
             score = colour_similarity(histogram(hsv_bins(image), mask, N_HSV), model)
-            detections.append(Detection(mask, box, score))
+            detections.append(Detection(mask, mask_box(mask), score))
     return sorted(detections, key=lambda d: -d.score)
