@@ -1,16 +1,18 @@
 """ros2 launch gspose_ros pose.launch.py [use_rviz:=true] [config:=...] [image:=...] [camera_info:=...]
-[single_process:=false] [synthetic_camera:=false]
+[single_process:=false] [synthetic_camera:=false] [dds_profile:=...]
 
 Starts registration, detector, retrieval and refiner/tracker nodes (or all of them in one
-process), with parameters from config/gspose.yaml and remappable camera topics."""
+process), with parameters from config/gspose.yaml and remappable camera topics. Every process
+it starts gets config/fastdds.xml as its Fast DDS profile (sized for camera images; see that
+file) unless FASTDDS_DEFAULT_PROFILES_FILE or dds_profile:= names another."""
 
 import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
 from launch.conditions import IfCondition, UnlessCondition
-from launch.substitutions import LaunchConfiguration
+from launch.substitutions import EnvironmentVariable, LaunchConfiguration
 from launch_ros.actions import Node
 
 NODES = ["registration_node", "detector_node", "retrieval_node", "refiner_node"]
@@ -32,6 +34,12 @@ def generate_launch_description():
                               description="Run every node in one process (pose_pipeline)"),
         DeclareLaunchArgument("synthetic_camera", default_value="false",
                               description="Publish the built-in demo sequence as the camera"),
+        DeclareLaunchArgument("dds_profile",
+                              default_value=EnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE",
+                                                                default_value=os.path.join(share, "config", "fastdds.xml")),
+                              description="Fast DDS XML profile for the started processes (the default is sized "
+                                          "for camera images; the camera driver should use it too)"),
+        SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", LaunchConfiguration("dds_profile")),
     ]
     actions += [Node(package="gspose_ros", executable=exe, parameters=[config], remappings=remaps, output="screen",
                      condition=separate) for exe in NODES]

@@ -6,6 +6,10 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+# The test process is the nodes' camera: it sends images with the same Fast DDS profile as the
+# nodes get (NodeGraph), set before any DDS participant exists (config/fastdds.xml says why).
+os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE",
+                      os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "config", "fastdds.xml"))
 
 
 @pytest.fixture(scope="session")

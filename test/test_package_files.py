@@ -80,3 +80,24 @@ def test_launch_description_builds_where_launch_is_installed():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.generate_launch_description().entities
+
+
+def test_fastdds_profile_has_room_for_camera_images():
+    """config/fastdds.xml (given to every process by the launch file, NodeGraph and conftest):
+    its transports must hold whole images, or best-effort images are lost between processes."""
+    ns = {"dds": "http://www.eprosima.com"}
+    root = ET.fromstring(read("config", "fastdds.xml"))
+    descriptors = {d.findtext("dds:transport_id", namespaces=ns): d
+                   for d in root.iterfind("dds:profiles/dds:transport_descriptors/dds:transport_descriptor", ns)}
+    participant = root.find("dds:profiles/dds:participant", ns)
+    assert participant.get("is_default_profile") == "true"
+    used = [t.text for t in participant.iterfind("dds:rtps/dds:userTransports/dds:transport_id", ns)]
+    assert participant.findtext("dds:rtps/dds:useBuiltinTransports", namespaces=ns) == "false"
+    kinds = {descriptors[t].findtext("dds:type", namespaces=ns): descriptors[t] for t in used}
+    assert set(kinds) == {"SHM", "UDPv4"}, f"transports {sorted(kinds)}: same-host SHM and UDP between hosts"
+    full_hd = 1920 * 1080 * 3
+    assert int(kinds["SHM"].findtext("dds:segment_size", namespaces=ns)) >= 4 * full_hd
+    for size in ("sendBufferSize", "receiveBufferSize"):
+        assert int(kinds["UDPv4"].findtext(f"dds:{size}", namespaces=ns)) >= 4 * 640 * 480 * 3
+    launch = read("launch", "pose.launch.py")
+    assert 'SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE"' in launch and '"fastdds.xml"' in launch

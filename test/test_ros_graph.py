@@ -80,18 +80,13 @@ def call(client, srv_type, name, request, timeout=300.0):
     return future.result()
 
 
-# Known intermittent failure: in 3 of 8 clean-clone CI runs (2026-11-25), 2 of 14 local runs of this
-# module and the next clean-clone run, the pipeline published nothing for 60 views. The nodes' count
-# lines said where: the pipeline process received none of the ~0.9 MB best-effort images and only
-# 6-8 of ~60 camera_info messages, while its executor and workers waited idle and the test's
-# publisher had matched both subscriptions: the frames were lost between the processes (Fast DDS),
-# not in the nodes. It runs first in this module (one DDS participant in the test process, as a
-# camera driver's): every failure until then had the graph fixture's context alive beside the
-# test's, but the next clean-clone run failed the same way from here, so that was not the cause.
-# Kept running, so that it keeps reporting (its failure message gives each stage's message count
-# and the pipeline's log with the counts and stacks).
-@pytest.mark.xfail(strict=False, reason="intermittent: the test's camera images sometimes never reach the "
-                                        "pipeline process (DDS delivery; cause not found yet)")
+# This test found a transport problem: with Fast DDS's defaults (512 KB shared-memory segment,
+# 208 KB UDP receive buffer, both under one 0.9 MB image) the pipeline process at times received
+# no camera image for minutes (2 of 10 runs; over UDP only, the kernel counted the dropped
+# datagrams). conftest and NodeGraph now give every process config/fastdds.xml (README, "Camera
+# images between processes"). It runs first in this module, one DDS participant in the test
+# process, as a camera driver's; a failure's message gives each stage's message count and the
+# pipeline's log (its count lines and thread stacks).
 def test_pose_pipeline_runs_every_node_in_one_process(built_duck, dataset, tmp_path, quick_fit_min_score):
     """`ros2 run gspose_ros pose_pipeline`: the same contract from one process, parameters from a
     params file (overrides cannot reach its several nodes, so NodeGraph refuses them)."""

@@ -20,8 +20,17 @@ EXECUTABLES = {
 }
 
 
+DDS_PROFILE_VAR = "FASTDDS_DEFAULT_PROFILES_FILE"
+
+
 def default_config() -> str:
     return os.path.join(get_package_share_directory("gspose_ros"), "config", "gspose.yaml")
+
+
+def dds_profile() -> str:
+    """config/fastdds.xml: Fast DDS transports sized for camera images (why: in the file).
+    The launch file gives it to every process it starts; so do NodeGraph and the demo."""
+    return os.path.join(get_package_share_directory("gspose_ros"), "config", "fastdds.xml")
 
 
 def _param(node: str, name: str, value) -> str:
@@ -40,6 +49,7 @@ class NodeGraph:
         self.config = config or default_config()
         self.log_dir = log_dir
         self.env = dict(os.environ, **(env or {}))
+        self.env.setdefault(DDS_PROFILE_VAR, dds_profile())  # a profile of the caller's own wins
         self.procs: dict[str, subprocess.Popen] = {}
 
     def start(self, name: str, **params) -> subprocess.Popen:

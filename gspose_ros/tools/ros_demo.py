@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     from ..core import metrics, synth
     from ..msg import ObjectPoseArray
     from ..nodes.conversions import image_to_rgb, pose_to_matrix, register_request, stamp_ns
-    from ..nodes.graph import NodeGraph
+    from ..nodes.graph import DDS_PROFILE_VAR, NodeGraph, dds_profile
     from ..srv import RegisterObject
 
     out = os.path.abspath(a.out)
@@ -54,6 +54,7 @@ def main(argv=None) -> int:
     graph.start("detector", registry_dir=registry_dir)
     graph.start("retrieval", registry_dir=registry_dir)
     graph.start("refiner", registry_dir=registry_dir)
+    os.environ.setdefault(DDS_PROFILE_VAR, dds_profile())  # this process sends the reference images
     rclpy.init()
     node = Node("gspose_demo_client")
     try:
