@@ -1,12 +1,14 @@
 """The front of the cascade on pyrender scenes: co-segmentation, detection, the Estimator."""
 
+import cv2
 import numpy as np
 import pytest
 
 from gspose_ros.core import bop, metrics, synth
-from gspose_ros.core.detect import DetectorConfig, _sure_core, colour_model, detect
+from gspose_ros.core.detect import DetectorConfig, _sure_core, colour_model, detect, object_probability, texture_model
 from gspose_ros.core.errors import InputError
-from gspose_ros.core.estimator import COLOUR_KEY, Estimator, EstimatorConfig, ObjectPose, choose_refined, refine_and_check
+from gspose_ros.core.estimator import Estimator, EstimatorConfig, ObjectPose, choose_refined, refine_and_check
+from gspose_ros.core.frontend import COLOUR_KEY, TEXTURE_KEY, WeightFreeFrontEnd, store_detector_model
 from gspose_ros.core.geometry import mask_box, mask_iou
 from gspose_ros.core.refine import cascade_refine_config, perturb_pose
 from gspose_ros.core.registry import check_object_id
@@ -26,7 +28,7 @@ def estimator(built, built_duck, dataset, quick_fit_min_score):
     est = Estimator(EstimatorConfig(min_score=quick_fit_min_score))
     for name, obj_id, obj in (("duck", 3, built_duck), ("bracket", 2, built[0].gaussians)):
         loaded = [f.load() for f in bop.load_split_frames(dataset, "train", obj_id)]
-        obj.meta[COLOUR_KEY] = colour_model([i for i, _ in loaded], [m for _, m in loaded]).tolist()
+        store_detector_model(obj, [i for i, _ in loaded], [m for _, m in loaded])
         est.add_object(name, obj)
     return est
 
@@ -85,6 +87,72 @@ def test_detector_cuts_each_proposal_once_per_distinct_core(duck_refs, dataset):
     assert len(repeated) == len(single)
     both = detect(image, model, DetectorConfig(core_openings=(0.3, 0.0)))
     assert len(single) <= len(both) <= 2 * len(single)
+
+
+def _checker_and_halves(light, dark):
+    """A 640x480 image holding two 120x120 patches of the same two colours in the same amounts:
+    a 4-px checker (left) and two smooth halves (right), on mid grey."""
+    image = np.full((480, 640, 3), 100, np.uint8)
+    yy, xx = np.mgrid[:120, :120]
+    image[180:300, 100:220] = np.where(((yy // 4 + xx // 4) % 2 == 0)[..., None], light, dark)
+    image[180:300, 400:520] = np.where((xx < 60)[..., None], light, dark)
+    return image
+
+
+def test_texture_model_tells_a_print_from_smooth_surfaces_of_its_colours():
+    """Colour alone cannot tell the checker from the two smooth halves; with the texture model
+    learned from the checker the checker's pixels are the likelier object."""
+    light, dark = np.array([190, 170, 200], np.uint8), np.array([150, 120, 170], np.uint8)
+    reference = _checker_and_halves(light, dark)
+    ref_mask = np.zeros((480, 640), bool)
+    ref_mask[180:300, 100:220] = True
+    colour, texture = colour_model([reference], [ref_mask]), texture_model([reference], [ref_mask])
+    query = cv2.resize(reference, (320, 240), interpolation=cv2.INTER_AREA)  # the detector's working width
+    checker, halves = (slice(95, 145), slice(55, 105)), (slice(95, 145), slice(205, 255))
+    by_colour = object_probability(query, colour)
+    assert abs(by_colour[checker].mean() - by_colour[halves].mean()) < 0.1
+    both = object_probability(query, colour, texture)
+    assert both[checker].mean() > 0.8 and both[halves].mean() < 0.5, (both[checker].mean(), both[halves].mean())
+
+
+def test_detector_models_are_stored_and_old_objects_keep_working(built_duck, duck_refs):
+    """store_detector_model keeps colour and texture in the 3DGO's metadata; a 3DGO registered
+    before the texture model is detected by colour alone, a corrupt texture model is refused."""
+    _, loaded = duck_refs
+    obj = built_duck.to("cpu")
+    obj.meta = dict(built_duck.meta)  # the session-wide duck keeps its own
+    store_detector_model(obj, [i for i, _ in loaded], [m for _, m in loaded])
+    frontend = WeightFreeFrontEnd()
+    assert frontend.prepare(obj, with_bank=False).texture is not None
+    del obj.meta[TEXTURE_KEY]
+    assert frontend.prepare(obj, with_bank=False).texture is None
+    obj.meta[TEXTURE_KEY] = [1.0, 2.0]
+    with pytest.raises(InputError, match="texture model has 2 bins"):
+        frontend.prepare(obj, with_bank=False)
+    obj.meta[TEXTURE_KEY] = [float("nan")] * 6
+    with pytest.raises(InputError, match="no detector texture model"):
+        frontend.prepare(obj, with_bank=False)
+
+
+def test_detector_proposals_fill_the_holes_in_their_seed():
+    """The object's colours that the scene shares leave holes in the colour seed; the proposal is
+    the seed with its holes filled (DetectorConfig.fill_seed_holes), so the mask has no hole."""
+    light, hole = np.array([230, 200, 40], np.uint8), np.array([40, 90, 200], np.uint8)
+    image = np.full((480, 640, 3), 100, np.uint8)
+    image[140:340, 220:420] = light
+    image[210:270, 290:350] = hole  # a patch the object shares with ...
+    image[20:80, 20:600] = hole  # ... the background
+    ref = np.full((480, 640, 3), 100, np.uint8)
+    ref[140:340, 220:420] = light
+    ref[210:270, 290:350] = hole
+    ref_mask = np.zeros((480, 640), bool)
+    ref_mask[140:340, 220:420] = True
+    model = colour_model([ref], [ref_mask])
+    inside = (slice(215, 265), slice(295, 345))
+    filled = detect(image, model, DetectorConfig())
+    assert filled and filled[0].mask[inside].all()
+    holed = detect(image, model, DetectorConfig(fill_seed_holes=False))
+    assert holed and not holed[0].mask[inside].all()
 
 
 def test_detector_rejects_bad_images(duck_refs):

@@ -9,10 +9,9 @@ import pytest
 import torch
 
 from gspose_ros.core import bop
-from gspose_ros.core.detect import colour_model
 from gspose_ros.core.errors import InputError
-from gspose_ros.core.estimator import COLOUR_KEY, Estimator, EstimatorConfig
-from gspose_ros.core.frontend import FrontEndConfig, make_frontend
+from gspose_ros.core.estimator import Estimator, EstimatorConfig
+from gspose_ros.core.frontend import FrontEndConfig, make_frontend, store_detector_model
 from gspose_ros.core.network import GSPoseNet, RoPE2D, grid_positions, load_network, save_network
 from gspose_ros.core.refine import RefineConfig
 
@@ -165,7 +164,7 @@ def test_learned_backend_runs_the_cascade_end_to_end_on_cpu(checkpoint, built_du
                              refine=RefineConfig(max_steps=5, min_steps=5), min_detection_score=0.0, min_score=0.0)
     est = Estimator(config)
     loaded = [f.load() for f in bop.load_split_frames(dataset, "train", 3)]
-    built_duck.meta[COLOUR_KEY] = colour_model([i for i, _ in loaded], [m for _, m in loaded]).tolist()
+    store_detector_model(built_duck, [i for i, _ in loaded], [m for _, m in loaded])
     est.add_object("duck", built_duck)
     bank = est.get("duck").prepared.bank
     assert bank.descriptors.shape == (12, 64)  # 6 viewpoints x 2 in-plane RA embeddings

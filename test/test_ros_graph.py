@@ -32,9 +32,8 @@ if ROS_ERROR is not None:
     pytest.skip(f"ROS 2 package not built/sourced: {ROS_ERROR}", allow_module_level=True)
 
 from gspose_ros.core import bop, metrics  # noqa: E402
-from gspose_ros.core.detect import colour_model  # noqa: E402
 from gspose_ros.core.errors import InputError  # noqa: E402
-from gspose_ros.core.estimator import COLOUR_KEY  # noqa: E402
+from gspose_ros.core.frontend import store_detector_model  # noqa: E402
 from gspose_ros.core.registry import Registry  # noqa: E402
 
 SENSOR = rclpy.qos.qos_profile_sensor_data if ROS_ERROR is None else None
@@ -43,7 +42,7 @@ SENSOR = rclpy.qos.qos_profile_sensor_data if ROS_ERROR is None else None
 def _registry_holding_the_duck(registry_dir, built_duck, dataset) -> str:
     """A registry with the session's fitted duck and its detector colour model, as registration saves it."""
     loaded = [f.load() for f in bop.load_split_frames(dataset, "train", 3)]
-    built_duck.meta[COLOUR_KEY] = colour_model([i for i, _ in loaded], [m for _, m in loaded]).tolist()
+    store_detector_model(built_duck, [i for i, _ in loaded], [m for _, m in loaded])
     Registry(registry_dir).save("duck", built_duck, {"source": "test fixture"})
     return registry_dir
 

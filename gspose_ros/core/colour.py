@@ -38,6 +38,23 @@ def histogram(bins: np.ndarray, weights: np.ndarray | None, n_bins: int) -> np.n
 N_HSV = int(np.prod(HSV_BINS))
 N_RGB = RGB_BINS**3
 
+# local texture: the grey level's standard deviation in a 5x5 window, in bins split at these
+# values (grey levels). Smooth surfaces (and the smooth parts of a busy background) fall in the
+# first bins, fine print and sharp edges in the last; the bins double so that a texture seen a
+# little closer or farther, or lit a little brighter, moves at most one bin
+TEXTURE_EDGES = np.array([1.5, 3.0, 6.0, 12.0, 24.0])
+TEXTURE_WINDOW = 5
+N_TEXTURE = len(TEXTURE_EDGES) + 1
+
+
+def texture_bins(image: np.ndarray) -> np.ndarray:
+    """Per-pixel bin index (H, W) of an RGB uint8 image's local texture strength (TEXTURE_EDGES)."""
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    win = (TEXTURE_WINDOW, TEXTURE_WINDOW)
+    mean = cv2.blur(grey, win)
+    std = np.sqrt(np.maximum(cv2.blur(grey * grey, win) - mean * mean, 0.0))
+    return np.searchsorted(TEXTURE_EDGES, std).astype(np.int64)
+
 
 def grabcut_foreground(crop_rgb: np.ndarray, labels: np.ndarray, iterations: int, seed: int) -> np.ndarray | None:
     """GrabCut from initial cv2.GC_* labels (updated in place); the foreground as a uint8 0/1

@@ -22,9 +22,9 @@ from typing import Callable
 import numpy as np
 
 from .build import BuildConfig, BuildProgress, build_gaussian_object
-from .detect import Detection, check_image, colour_model
+from .detect import Detection, check_image
 from .errors import InputError
-from .frontend import COLOUR_KEY, TRUNCATED_HANDICAP, FrontEnd, FrontEndConfig, WeightFreeFrontEnd, make_frontend
+from .frontend import COLOUR_KEY, TRUNCATED_HANDICAP, FrontEnd, FrontEndConfig, WeightFreeFrontEnd, make_frontend, store_detector_model
 from .gaussians import GaussianObject
 from .geometry import check_intrinsics
 from .refine import RefineConfig, RefineResult, cascade_refine_config, refine_pose
@@ -136,7 +136,7 @@ def build_object(object_id: str, images, poses, K, masks=None, build_config: Bui
                  frontend: FrontEnd | None = None,
                  progress: Callable[[BuildProgress], None] | None = None) -> Registration:
     """Registration proper: reference masks (co-segmented by `frontend` when `masks` is None or
-    empty), the 3DGO and the detector's colour model. InputError names whatever is wrong."""
+    empty), the 3DGO and the detector's colour and texture models. InputError names whatever is wrong."""
     object_id = check_object_id(object_id)
     confidences = None
     if masks is None or len(masks) == 0:
@@ -146,7 +146,7 @@ def build_object(object_id: str, images, poses, K, masks=None, build_config: Bui
     views = validate_views(images, masks, poses, K)
     result = build_gaussian_object(views, build_config, progress=progress)
     obj = result.gaussians
-    obj.meta[COLOUR_KEY] = colour_model([v.image for v in views], [v.mask for v in views]).tolist()
+    store_detector_model(obj, [v.image for v in views], [v.mask for v in views])
     obj.meta["object_id"] = object_id
     return Registration(obj, len(views), result.seconds, confidences)
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .colour import N_HSV
-from .detect import Detection, DetectorConfig, detect, touches_border
+from .colour import N_HSV, N_TEXTURE
+from .detect import Detection, DetectorConfig, colour_model, detect, texture_model, touches_border
 from .errors import InputError
 from .gaussians import GaussianObject
 from .retrieve import PoseHypothesis, TemplateBank, align_hypotheses, build_template_bank, retrieve_pose
@@ -27,7 +27,9 @@ BACKENDS = ("weight_free", "learned")
 # PoseCheck.score a candidate mask cut off by the image border must beat a whole one's by
 # (retrieve_best; the default of EstimatorConfig.truncated_handicap and of the retrieval node's parameter)
 TRUNCATED_HANDICAP = 0.1
-COLOUR_KEY = "detector_colour_hsv"  # where registration stores the colour model in the 3DGO's metadata
+# where registration stores the weight-free detector's object representation in the 3DGO's metadata
+COLOUR_KEY = "detector_colour_hsv"
+TEXTURE_KEY = "detector_texture"  # absent from 3DGOs registered before it: they are detected by colour alone
 
 
 @dataclass
@@ -41,16 +43,35 @@ class FrontEndConfig:
     learned: dict = field(default_factory=dict)
 
 
-def object_colour(obj: GaussianObject) -> np.ndarray:
-    values = obj.meta.get(COLOUR_KEY)
+def store_detector_model(obj: GaussianObject, images, masks) -> None:
+    """Learn the weight-free detector's object representation (colour and texture histograms)
+    from the masked reference views and keep it in the 3DGO's metadata, which the registry saves
+    with it. The one place registration, evaluation and benchmark make it."""
+    obj.meta[COLOUR_KEY] = colour_model(images, masks).tolist()
+    obj.meta[TEXTURE_KEY] = texture_model(images, masks).tolist()
+
+
+def _histogram_meta(obj: GaussianObject, key: str, what: str, n_bins: int, required: bool) -> np.ndarray | None:
+    values = obj.meta.get(key)
+    if values is None and not required:
+        return None
     arr = np.asarray(values if values is not None else [], dtype=np.float32)
     if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr)) or arr.sum() <= 0:
-        raise InputError("3DGO has no detector colour model (register it again with this version)")
-    if arr.size != N_HSV:
+        raise InputError(f"3DGO has no detector {what} model, or an unusable one (register it again with this version)")
+    if arr.size != n_bins:
         # another quantisation would index the wrong bins and detect nonsense, not fail
-        raise InputError(f"3DGO's detector colour model has {arr.size} bins, this version uses {N_HSV} "
+        raise InputError(f"3DGO's detector {what} model has {arr.size} bins, this version uses {n_bins} "
                          "(register it again with this version)")
     return arr / arr.sum()
+
+
+def object_colour(obj: GaussianObject) -> np.ndarray:
+    return _histogram_meta(obj, COLOUR_KEY, "colour", N_HSV, required=True)
+
+
+def object_texture(obj: GaussianObject) -> np.ndarray | None:
+    """The detector's texture model, or None for a 3DGO registered before there was one."""
+    return _histogram_meta(obj, TEXTURE_KEY, "texture", N_TEXTURE, required=False)
 
 
 class FrontEnd:
@@ -132,6 +153,7 @@ class FrontEnd:
 class WeightFreeObject:
     colour: np.ndarray  # the detector's colour model
     bank: TemplateBank | None
+    texture: np.ndarray | None = None  # the detector's texture model (None: colour alone)
 
 
 class WeightFreeFrontEnd(FrontEnd):
@@ -145,12 +167,13 @@ class WeightFreeFrontEnd(FrontEnd):
 
     def prepare(self, obj: GaussianObject, with_bank: bool = True) -> WeightFreeObject:
         cfg = self.config
-        colour = object_colour(obj)  # first: a bad model fails before seconds of template rendering
+        # first: a bad model fails before seconds of template rendering
+        colour, texture = object_colour(obj), object_texture(obj)
         bank = build_template_bank(obj, cfg.template_viewpoints, cfg.template_inplane) if with_bank else None
-        return WeightFreeObject(colour, bank)
+        return WeightFreeObject(colour, bank, texture)
 
     def detect(self, image: np.ndarray, prepared: WeightFreeObject, max_candidates: int | None = 3) -> list[Detection]:
-        return detect(image, prepared.colour, self.config.detector)[:max_candidates]
+        return detect(image, prepared.colour, self.config.detector, prepared.texture)[:max_candidates]
 
     def describe(self, image, mask, prepared) -> None:
         return None

@@ -212,7 +212,8 @@ def declare_frontend(node: Node, detection: bool = False, retrieval: bool = Fals
         })
     if detection:
         cfg.detector = DetectorConfig(work_width=declare(node, "work_width", DetectorConfig.work_width,
-                                                         "weight_free: width (px) of the copy proposals are searched in"))
+                                                         "weight_free: width (px) of the copy proposals are searched in; objects' "
+                                                         "texture models are learned at 320, another width blurs that cue"))
     if retrieval:
         cfg.template_viewpoints = declare(node, "template_viewpoints", cfg.template_viewpoints,
                                           "weight_free: template viewpoints over the sphere (~10 deg apart)")

@@ -26,8 +26,8 @@ import torch
 
 from ..core import bop, synth
 from ..core.build import BuildConfig, build_gaussian_object
-from ..core.detect import colour_model
-from ..core.estimator import COLOUR_KEY, Estimator
+from ..core.estimator import Estimator
+from ..core.frontend import store_detector_model
 from ..core.gaussians import GaussianObject, rgb_to_sh0
 from ..core.refine import RefineConfig, perturb_pose, refine_pose
 from ..core.render import look_at_pose, render
@@ -103,7 +103,7 @@ def bench_pipeline(quick):
             times.append(r.seconds)
         res["refine_ms_per_frame"] = 1000 * float(np.mean(times))
         # the whole cascade with no ground truth: detect + retrieve + refine per 640x480 frame
-        obj.meta[COLOUR_KEY] = colour_model([v.image for v in views], [v.mask for v in views]).tolist()
+        store_detector_model(obj, [v.image for v in views], [v.mask for v in views])
         estimator = Estimator()
         estimator.add_object("duck", obj)
         reports = [estimator.estimate_reports(f.load()[0], f.K)[0] for f in tests]

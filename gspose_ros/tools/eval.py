@@ -32,10 +32,9 @@ import numpy as np
 
 from ..core import bop, metrics, synth
 from ..core.build import BuildConfig, build_gaussian_object, heldout_psnr
-from ..core.detect import colour_model
 from ..core.errors import InputError
-from ..core.estimator import COLOUR_KEY, Estimator, EstimatorConfig
-from ..core.frontend import BACKENDS, FrontEnd, FrontEndConfig, WeightFreeFrontEnd
+from ..core.estimator import Estimator, EstimatorConfig
+from ..core.frontend import BACKENDS, FrontEnd, FrontEndConfig, WeightFreeFrontEnd, store_detector_model
 from ..core.gaussians import load_gaussians, save_gaussians
 from ..core.geometry import mask_iou
 from ..core.refine import RefineConfig, cascade_refine_config, perturb_pose, refine_pose
@@ -127,7 +126,7 @@ def get_object(args, obj_id, truth: ObjectTruth, log, frontend: FrontEnd | None 
 
         result = build_gaussian_object(views, cfg, progress=progress)
         obj, build_s = result.gaussians, result.seconds
-        obj.meta[COLOUR_KEY] = colour_model([v.image for v in views], [v.mask for v in views]).tolist()
+        store_detector_model(obj, [v.image for v in views], [v.mask for v in views])
         if seg_confidences is not None:
             obj.meta["mask_confidence_median"] = float(np.median(seg_confidences))
         if cache:
