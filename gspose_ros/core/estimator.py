@@ -62,10 +62,14 @@ class EstimatorConfig:
     # absent objects' blobs whose poses checked 0.6-0.65 (false poses 6 -> 12 of 120 searches);
     # at 0.65 6/120 and 0 of 10 clutter images, right poses rejected 1 of 60; at 0.7 1/120 but 5
     min_score: float = 0.65
-    # the detection's score (weight-free: colour similarity to the references), on the
-    # saturation-smoothed similarity. Was 0.85; with core_openings the box's right masks no longer
-    # leak into background and score 0.84 (frames 6, 12): 0.82 keeps them
-    min_detection_score: float = 0.82
+    # the detection's score (weight-free: colour x texture similarity to the references,
+    # DetectorConfig.texture_in_score). On colour alone the bar was 0.82 (the box's tight masks
+    # score 0.84). Colour x texture, over the 60 test frames' candidates: right masks' 10th
+    # percentile 0.77 (box), 0.96 (bracket), 0.88 (duck); absent objects' blobs' 90th 0.74, 0.26,
+    # 0.65. Bars 0.6 / 0.7 / 0.75 gave the same 83.3 %, false poses 2 / 0 / 0 of 120: 0.7 keeps a
+    # margin below the box's right masks. 3DGOs registered before the texture model are scored on
+    # colour alone against this bar (more of their blobs pass; register them again)
+    min_detection_score: float = 0.7
     max_candidates: int = 2  # detector candidates examined per object (each costs a retrieval; 3 gained nothing)
     # a candidate mask cut off by the image border is chosen over a whole one only if its check is
     # better by this (FrontEnd.retrieve_best): measured margins, a wrong blob off the edge 0.01 ahead

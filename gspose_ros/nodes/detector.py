@@ -42,7 +42,7 @@ class DetectorNode(Node):
         registry_dir = declare(self, "registry_dir", "~/.gspose_ros/objects", "Directory of registered objects")
         only = declare(self, "object_ids", [""], "Objects to look for ([''] or []: every registered object)")
         self.min_score = declare(self, "min_detection_score", EstimatorConfig.min_detection_score,
-                                 "Detection score a mask needs to be passed on (0..1; weight_free: colour similarity)")
+                                 "Detection score a mask needs to be passed on (0..1; weight_free: colour x texture similarity)")
         self.max_candidates = declare(self, "max_candidates", EstimatorConfig.max_candidates,
                                       "Candidate masks sent per object (whole ones before ones cut off by the image border); "
                                       "retrieval keeps the best-checking one")
