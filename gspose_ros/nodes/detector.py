@@ -51,8 +51,7 @@ class DetectorNode(Node):
                                       "Do not search for an object tracked within this many seconds (0: always search)")
         tolerance = declare(self, "camera_info_tolerance_s", 0.05,
                             "Largest stamp difference accepted between an image and its camera_info")
-        self.objects = RegisteredObjects(self, registry_dir, lambda _id, obj: self.frontend.prepare(obj, False),
-                                         [o for o in only if o])
+        self.objects = RegisteredObjects(self, registry_dir, self._prepare, [o for o in only if o])
         self.pairing = CameraPairing(tolerance)
         self.pub = self.create_publisher(DetectionArray, "/gspose/detections", STAGE_QOS)
         self.mask_pub = self.create_publisher(Image, "/gspose/mask", STAGE_QOS)
@@ -65,6 +64,15 @@ class DetectorNode(Node):
         self.create_subscription(ObjectPoseArray, "/gspose/object_poses", self.on_object_poses, 10)
         self.create_subscription(CameraInfo, "/camera/camera_info", self.pairing.add_info, SENSOR_QOS)
         self.create_subscription(Image, "/camera/image_raw", self.slot.put, SENSOR_QOS)
+
+    def _prepare(self, object_id: str, obj):
+        prepared = self.frontend.prepare(obj, False)
+        if getattr(prepared, "texture", False) is None:
+            # registered before the texture model: scored on colour alone, against a bar set for
+            # colour x texture, so more of its look-alike blobs reach retrieval
+            self.get_logger().warning(f"object {object_id!r} has no texture model: detected by colour alone; "
+                                      "register it again for the full detector")
+        return prepared
 
     def on_object_poses(self, msg: ObjectPoseArray) -> None:
         now = time.monotonic()
