@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from gspose_ros.core import bop, metrics, synth
-from gspose_ros.core.detect import DetectorConfig, _sure_core, colour_model, detect, object_probability, texture_model
+from gspose_ros.core.detect import DetectorConfig, _sure_core, colour_model, detect, hole_fraction, object_probability, texture_model
 from gspose_ros.core.errors import InputError
 from gspose_ros.core.estimator import Estimator, EstimatorConfig, ObjectPose, choose_refined, refine_and_check
-from gspose_ros.core.frontend import COLOUR_KEY, TEXTURE_KEY, WeightFreeFrontEnd, store_detector_model
+from gspose_ros.core.frontend import COLOUR_KEY, HOLES_KEY, TEXTURE_KEY, WeightFreeFrontEnd, store_detector_model
 from gspose_ros.core.geometry import mask_box, mask_iou
 from gspose_ros.core.refine import cascade_refine_config, perturb_pose
 from gspose_ros.core.registry import check_object_id
@@ -153,6 +153,41 @@ def test_detector_proposals_fill_the_holes_in_their_seed():
     assert filled and filled[0].mask[inside].all()
     holed = detect(image, model, DetectorConfig(fill_seed_holes=False))
     assert holed and not holed[0].mask[inside].all()
+
+
+def test_an_object_with_a_real_hole_keeps_it():
+    """A ring's reference masks have a hole (hole_fraction 25 %, over holed_object_fraction), so
+    its seeds are not filled: the background seen through the ring stays out of its mask."""
+    yy, xx = np.mgrid[:480, :640]
+    radius = np.hypot(yy - 240, xx - 320)
+    ring = (radius < 100) & (radius >= 50)
+    image = np.full((480, 640, 3), 100, np.uint8)
+    image[ring] = (230, 200, 40)
+    assert hole_fraction([ring]) == pytest.approx(0.25, abs=0.01)
+    assert hole_fraction([ring[:, :300]]) == 0.0  # half a ring encloses nothing
+    model = colour_model([image], [ring])
+    through = radius < 40
+    as_ring = detect(image, model, DetectorConfig(), holes=hole_fraction([ring]))
+    assert as_ring and not as_ring[0].mask[through].any() and mask_iou(as_ring[0].mask, ring) > 0.9
+    as_disc = detect(image, model, DetectorConfig())  # taken for a solid object: the hole is filled
+    assert as_disc and as_disc[0].mask[through].all()
+
+
+def test_the_hole_fraction_is_stored_and_checked(built_duck, duck_refs):
+    """store_detector_model keeps the hole fraction (the duck has none); an older 3DGO without it
+    is taken as hole-free, a corrupt value is refused by name."""
+    _, loaded = duck_refs
+    obj = built_duck.to("cpu")
+    obj.meta = dict(built_duck.meta)
+    store_detector_model(obj, [i for i, _ in loaded], [m for _, m in loaded])
+    frontend = WeightFreeFrontEnd()
+    assert obj.meta[HOLES_KEY] < DetectorConfig.holed_object_fraction
+    del obj.meta[HOLES_KEY]
+    assert frontend.prepare(obj, with_bank=False).holes == 0.0
+    for bad in (float("nan"), -0.5, "many", True):
+        obj.meta[HOLES_KEY] = bad
+        with pytest.raises(InputError, match="hole fraction"):
+            frontend.prepare(obj, with_bank=False)
 
 
 def test_detector_rejects_bad_images(duck_refs):

@@ -33,9 +33,14 @@ class DetectorConfig:
     # a proposal is the seed region with its holes filled: the object's own colours that the
     # scene shares (the box's purple print against purple clutter) leave holes in the seed, which
     # GrabCut's sure core then lacked. Measured (RESULTS.md, 60 frames, with the texture model):
-    # right masks among the box's candidates 85 -> 90 %, poses unchanged. An object with a real
-    # hole (a roll of tape) gets a mask without it: switch this off for such objects
+    # right masks among the box's candidates 85 -> 90 %, poses unchanged. Objects with real holes
+    # (a roll of tape) are not filled: see holed_object_fraction
     fill_seed_holes: bool = True
+    # an object whose reference masks have holes over more than this share of their filled area
+    # (median over the views: hole_fraction) has real holes, which filling would close: its seeds
+    # keep their holes. The test objects' co-segmented masks: median 0, worst view 0.4 %; a ring
+    # of half its outer radius: 25 %
+    holed_object_fraction: float = 0.02
     # a detection's score is its colour similarity to the references times its texture
     # similarity (when the object has a texture model): blobs of the object's colours but not its
     # texture score lower. Measured (RESULTS.md, 60 frames, bar 0.82 -> 0.7): ADD(-S)@0.1d the
@@ -85,6 +90,19 @@ def colour_model(images, masks) -> np.ndarray:
     if total.sum() == 0:
         raise InputError("no object pixels in the reference masks: cannot learn the object's colours")
     return (total / total.sum()).astype(np.float32)
+
+
+def hole_fraction(masks) -> float:
+    """Median over the reference masks of the share of each filled mask that is hole: how much
+    of the object's outline encloses background (DetectorConfig.holed_object_fraction)."""
+    shares = []
+    for mask in masks:
+        mask = np.asarray(mask) > 0
+        filled = binary_fill_holes(mask)
+        shares.append(float((filled & ~mask).sum() / max(int(filled.sum()), 1)))
+    if not shares:
+        raise InputError("no reference masks: cannot tell whether the object has holes")
+    return float(np.median(shares))
 
 
 def _work_image(image: np.ndarray, work_width: int) -> np.ndarray:
@@ -205,9 +223,10 @@ def check_image(image) -> np.ndarray:
 
 
 def detect(image: np.ndarray, model: np.ndarray, config: DetectorConfig | None = None,
-           texture: np.ndarray | None = None) -> list[Detection]:
+           texture: np.ndarray | None = None, holes: float = 0.0) -> list[Detection]:
     """Candidate masks of the object with colour histogram `model` (and texture histogram
-    `texture`, if the object has one) in an RGB image, best first."""
+    `texture`, if the object has one) in an RGB image, best first. `holes`: the object's
+    hole_fraction (a holed object's seeds are not filled)."""
     cfg = config or DetectorConfig()
     image = check_image(image)
     h, w = image.shape[:2]
@@ -220,9 +239,10 @@ def detect(image: np.ndarray, model: np.ndarray, config: DetectorConfig | None =
     n, comp, stats, _ = cv2.connectedComponentsWithStats(likely, connectivity=8)
     min_area = cfg.min_area_fraction * likely.size
     proposals = [(float(prob[comp == i].sum()), i) for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= min_area]
+    fill_holes = cfg.fill_seed_holes and holes <= cfg.holed_object_fraction
     detections = []
     for _, i in sorted(proposals, reverse=True)[: cfg.max_proposals]:
-        region = binary_fill_holes(comp == i) if cfg.fill_seed_holes else comp == i
+        region = binary_fill_holes(comp == i) if fill_holes else comp == i
         seed = cv2.resize(region.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
         x, y, bw, bh = stats[i, :4] / scale
         proposal_box = np.array([x, y, x + bw, y + bh])

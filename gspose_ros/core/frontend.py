@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .colour import N_HSV, N_TEXTURE
-from .detect import Detection, DetectorConfig, colour_model, detect, texture_model, touches_border
+from .detect import Detection, DetectorConfig, colour_model, detect, hole_fraction, texture_model, touches_border
 from .errors import InputError
 from .gaussians import GaussianObject
 from .retrieve import PoseHypothesis, TemplateBank, align_hypotheses, build_template_bank, retrieve_pose
@@ -30,6 +30,7 @@ TRUNCATED_HANDICAP = 0.1
 # where registration stores the weight-free detector's object representation in the 3DGO's metadata
 COLOUR_KEY = "detector_colour_hsv"
 TEXTURE_KEY = "detector_texture"  # absent from 3DGOs registered before it: they are detected by colour alone
+HOLES_KEY = "detector_hole_fraction"  # absent from older 3DGOs: taken as 0 (no holes), as they were detected
 
 
 @dataclass
@@ -49,6 +50,7 @@ def store_detector_model(obj: GaussianObject, images, masks) -> None:
     with it. The one place registration, evaluation and benchmark make it."""
     obj.meta[COLOUR_KEY] = colour_model(images, masks).tolist()
     obj.meta[TEXTURE_KEY] = texture_model(images, masks).tolist()
+    obj.meta[HOLES_KEY] = hole_fraction(masks)
 
 
 def _histogram_meta(obj: GaussianObject, key: str, what: str, n_bins: int, required: bool) -> np.ndarray | None:
@@ -72,6 +74,16 @@ def object_colour(obj: GaussianObject) -> np.ndarray:
 def object_texture(obj: GaussianObject) -> np.ndarray | None:
     """The detector's texture model, or None for a 3DGO registered before there was one."""
     return _histogram_meta(obj, TEXTURE_KEY, "texture", N_TEXTURE, required=False)
+
+
+def object_holes(obj: GaussianObject) -> float:
+    """The share of the object's reference masks that is hole (detect.hole_fraction); 0 for a
+    3DGO registered before it was kept."""
+    value = obj.meta.get(HOLES_KEY, 0.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:  # NaN fails too
+        raise InputError(f"3DGO's detector hole fraction {value!r} is not a number in [0, 1] "
+                         "(register it again with this version)")
+    return float(value)
 
 
 class FrontEnd:
@@ -154,6 +166,7 @@ class WeightFreeObject:
     colour: np.ndarray  # the detector's colour model
     bank: TemplateBank | None
     texture: np.ndarray | None = None  # the detector's texture model (None: colour alone)
+    holes: float = 0.0  # share of the reference masks that is hole: a holed object's seeds are not filled
 
 
 class WeightFreeFrontEnd(FrontEnd):
@@ -168,12 +181,12 @@ class WeightFreeFrontEnd(FrontEnd):
     def prepare(self, obj: GaussianObject, with_bank: bool = True) -> WeightFreeObject:
         cfg = self.config
         # first: a bad model fails before seconds of template rendering
-        colour, texture = object_colour(obj), object_texture(obj)
+        colour, texture, holes = object_colour(obj), object_texture(obj), object_holes(obj)
         bank = build_template_bank(obj, cfg.template_viewpoints, cfg.template_inplane) if with_bank else None
-        return WeightFreeObject(colour, bank, texture)
+        return WeightFreeObject(colour, bank, texture, holes)
 
     def detect(self, image: np.ndarray, prepared: WeightFreeObject, max_candidates: int | None = 3) -> list[Detection]:
-        return detect(image, prepared.colour, self.config.detector, prepared.texture)[:max_candidates]
+        return detect(image, prepared.colour, self.config.detector, prepared.texture, prepared.holes)[:max_candidates]
 
     def describe(self, image, mask, prepared) -> None:
         return None
