@@ -7,7 +7,7 @@ import pytest
 from gspose_ros.core import bop, metrics, synth
 from gspose_ros.core.detect import DetectorConfig, _sure_core, colour_model, detect, hole_fraction, object_probability, texture_model
 from gspose_ros.core.errors import InputError
-from gspose_ros.core.estimator import Estimator, EstimatorConfig, ObjectPose, choose_refined, refine_and_check
+from gspose_ros.core.estimator import Estimator, EstimatorConfig, ObjectPose, choose_refined, refine_and_check, second_opinion
 from gspose_ros.core.frontend import COLOUR_KEY, HOLES_KEY, TEXTURE_KEY, WeightFreeFrontEnd, store_detector_model
 from gspose_ros.core.geometry import mask_box, mask_iou
 from gspose_ros.core.refine import cascade_refine_config, perturb_pose
@@ -372,6 +372,45 @@ def test_estimator_rejects_unknown_objects_and_bad_queries(estimator):
         estimator.estimate(image, np.zeros((3, 3)))
     with pytest.raises(InputError, match="uint8"):
         estimator.estimate(image.astype(np.float64), synth.DEFAULT_K)
+
+
+def test_a_flipped_pose_gets_a_second_opinion_and_a_close_call_keeps_the_first(built_duck, dataset):
+    """second_opinion: a first pose that is the duck flipped (a half turn about its vertical axis)
+    gives way to the alternative refined from near the truth, which checks clearly better; a right
+    first pose is kept against a flipped alternative; and where the flip checks as well as the
+    truth (frame 2 of this quick fit: 0.687 against 0.688), the margin keeps the first."""
+    from gspose_ros.core.geometry import rotation_error_deg
+    from gspose_ros.core.retrieve import PoseHypothesis, alternative_hypothesis
+
+    config = cascade_refine_config()
+
+    def frame_and_poses(im):
+        f = bop.load_split_frames(dataset, "test", 3)[im]
+        image, gt = f.load()
+        flip = f.T.copy()
+        flip[:3, :3] = f.T[:3, :3] @ np.diag([-1.0, 1.0, -1.0])
+        near = perturb_pose(f.T, np.random.default_rng(3), max_rot_deg=8, max_depth_frac=0.02, max_lateral_frac=0.01)
+        return f, image, gt, mask_box(gt), flip, near
+
+    def refined(image, gt, box, T, K):
+        T, confidence, check = refine_and_check(built_duck, image, gt, box, T, K, config)
+        return ObjectPose("duck", T, confidence, gt, box, {}, check)
+
+    f, image, gt, box, flip, near = frame_and_poses(1)
+    first_flip = refined(image, gt, box, flip, f.K)
+    kept = second_opinion(built_duck, image, gt, box, f.K, first_flip, near, config, margin=0.03)
+    assert kept is not first_flip and rotation_error_deg(kept.T, f.T) < 10 and kept.score > first_flip.score + 0.03
+    first_right = refined(image, gt, box, near, f.K)
+    assert second_opinion(built_duck, image, gt, box, f.K, first_right, flip, config, margin=0.03) is first_right
+    f, image, gt, box, flip, near = frame_and_poses(2)
+    first_flip = refined(image, gt, box, flip, f.K)
+    assert second_opinion(built_duck, image, gt, box, f.K, first_flip, near, config, margin=0.03) is first_flip
+    # the alternative is the best-ranked hypothesis >= 90 deg from every refined one
+    hypotheses = [PoseHypothesis(T, 0.0, 0.0, 0.0, None) for T in (f.T, near, flip)]
+    assert alternative_hypothesis(hypotheses, [f.T]) is hypotheses[2]
+    assert alternative_hypothesis(hypotheses[:2], [f.T]) is None
+    with pytest.raises(InputError, match="alternative_margin"):
+        EstimatorConfig(alternative_margin=float("nan"))
 
 
 def test_a_leaky_detection_mask_is_cut_again_around_a_rough_pose(built_duck, dataset):

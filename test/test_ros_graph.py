@@ -291,8 +291,8 @@ def _detection_of_the_duck(client, dataset, index):
     return sent, image
 
 
-def _initial_poses_for(client, topic, sent, status, timeout=120.0):
-    """Publish `sent` on `topic` until the retrieval node answers it; its poses of `status`."""
+def _initial_poses_for(client, topic, sent, status=None, timeout=120.0):
+    """Publish `sent` on `topic` until the retrieval node answers it; its poses of `status` (None: all)."""
     from gspose_ros.msg import DetectionArray, ObjectPoseArray
 
     stamp = (sent.header.stamp.sec, sent.header.stamp.nanosec)
@@ -310,22 +310,27 @@ def _initial_poses_for(client, topic, sent, status, timeout=120.0):
     client.destroy_subscription(sub)
     client.destroy_publisher(pub)
     assert answers, f"retrieval did not answer on {topic}"
-    return [p for p in answers[0].poses if p.status == status]
+    return [p for p in answers[0].poses if status is None or p.status == status]
 
 
 def test_retrieval_sends_distinct_hypotheses_per_detection(graph, dataset):
     """hypotheses=2 (set for this graph): two entries for the one detection, best first, with the
-    detection's mask and box, rotations at least 30 deg apart (retrieve.distinct_hypotheses)."""
+    detection's mask and box, rotations at least 30 deg apart (retrieve.distinct_hypotheses), then
+    the alternative the refiner refines only for a poorly checking pose, >= 90 deg from both."""
     from gspose_ros.core.geometry import rotation_error_deg
     from gspose_ros.msg import ObjectPoseEstimate
 
     g, client, _ = graph
     sent, image = _detection_of_the_duck(client, dataset, 2)
-    poses = _initial_poses_for(client, "/gspose/detections", sent, ObjectPoseEstimate.STATUS_INITIAL)
-    assert [p.object_id for p in poses] == ["duck", "duck"]
-    assert all(p.mask.height == image.shape[0] and list(p.box) == list(sent.detections[0].box) for p in poses)
-    T0, T1 = (pose_to_matrix(p.pose) for p in poses)
+    everything = _initial_poses_for(client, "/gspose/detections", sent)
+    poses = [p for p in everything if p.status == ObjectPoseEstimate.STATUS_INITIAL]
+    alternatives = [p for p in everything if p.status == ObjectPoseEstimate.STATUS_INITIAL_ALTERNATIVE]
+    assert [p.object_id for p in poses] == ["duck", "duck"] and len(everything) == 3
+    assert [p.object_id for p in alternatives] == ["duck"] and everything[-1] is alternatives[0]
+    assert all(p.mask.height == image.shape[0] and list(p.box) == list(sent.detections[0].box) for p in everything)
+    T0, T1, T_alt = (pose_to_matrix(p.pose) for p in everything)
     assert rotation_error_deg(T0, T1) >= 30.0
+    assert rotation_error_deg(T_alt, T0) >= 90.0 and rotation_error_deg(T_alt, T1) >= 90.0
     assert all(g.alive().values())
 
 
@@ -339,9 +344,10 @@ def test_retrieval_answers_re_cut_masks_as_second_pass_poses(graph, dataset):
 
     g, client, _ = graph
     sent, image = _detection_of_the_duck(client, dataset, 1)
-    second = _initial_poses_for(client, "/gspose/recut_detections", sent, ObjectPoseEstimate.STATUS_INITIAL_RECUT)
-    # one hypothesis on a re-cut mask, as the Estimator's second pass (the graph sends two otherwise)
-    assert len(second) == 1, second
+    second = _initial_poses_for(client, "/gspose/recut_detections", sent)
+    # one hypothesis on a re-cut mask, as the Estimator's second pass (the graph sends two and an
+    # alternative otherwise)
+    assert len(second) == 1 and second[0].status == ObjectPoseEstimate.STATUS_INITIAL_RECUT, second
     assert second[0].object_id == "duck" and second[0].mask.height == image.shape[0]
     T = pose_to_matrix(second[0].pose)
     assert np.all(np.isfinite(T)) and T[2, 3] > 0

@@ -368,6 +368,20 @@ def distinct_hypotheses(hypotheses: list[PoseHypothesis], n: int, min_angle_deg:
     return picked
 
 
+# an alternative hypothesis (alternative_hypothesis) is at least this far from every refined one:
+# the wrong poses left with good masks are flips, 156-180 deg from the truth, whose silhouettes
+# match as well; neighbours of the refined hypothesis (~10-60 deg) refine to the same pose
+ALTERNATIVE_MIN_ANGLE_DEG = 90.0
+
+
+def alternative_hypothesis(hypotheses: list[PoseHypothesis], refined: list[np.ndarray],
+                           min_angle_deg: float = ALTERNATIVE_MIN_ANGLE_DEG) -> PoseHypothesis | None:
+    """The best-ranked hypothesis at least min_angle_deg from every pose in `refined` (those the
+    first refinement started from): a second opinion for a pose that checks poorly."""
+    return next((h for h in hypotheses
+                 if all(rotation_error_deg(h.T, T) >= min_angle_deg for T in refined)), None)
+
+
 def retrieve_pose(obj: GaussianObject, bank: TemplateBank, image: np.ndarray, mask: np.ndarray, K: np.ndarray,
                   top_k: int = 32, descriptor: np.ndarray | None = None, aligned: int = 1) -> list[PoseHypothesis]:
     """Pose hypotheses for the masked object in `image` (HxWx3 uint8 RGB), best first.

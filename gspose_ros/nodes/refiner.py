@@ -3,7 +3,9 @@
 
 In:  /gspose/initial_poses (ObjectPoseArray with image, camera_info and masks; consecutive
      entries of one object are hypotheses of one detection, best first: each is refined and the
-     best-checking one kept, estimator.refine_best), and the camera (/camera/image_raw +
+     best-checking one kept, estimator.refine_best; an entry with STATUS_INITIAL_ALTERNATIVE is
+     refined only when that pose checks below alternative_below, estimator.second_opinion), and
+     the camera (/camera/image_raw +
      /camera/camera_info) for tracking.
 Out: /object_pose (geometry_msgs/PoseStamped: T_camera_object of `target_object`, or of
      the most confident object, in the image's frame with its stamp), /gspose/object_poses
@@ -34,7 +36,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from visualization_msgs.msg import Marker, MarkerArray
 
 from ..core.errors import InputError
-from ..core.estimator import EstimatorConfig, refine_best
+from ..core.estimator import EstimatorConfig, refine_best, second_opinion
 from ..core.refine import AlignConfig, cascade_refine_config
 from ..core.segment import recut_mask
 from ..core.track import Tracker
@@ -93,6 +95,13 @@ class RefinerNode(Node):
         self.recut_below = declare(self, "recut_below", EstimatorConfig.recut_below,
                                    "A rejected pose's object is cut again around its render for a second retrieval, "
                                    "whose pose must check at least this well (0: no second pass)")
+        self.alternative_below = declare(self, "alternative_below", EstimatorConfig.alternative_below,
+                                         "A refined pose checking below this also gets the detection's alternative "
+                                         "hypothesis (>= 90 deg away) refined, kept if it checks clearly better (0: off)")
+        self.alternative_margin = declare(self, "alternative_margin", EstimatorConfig.alternative_margin,
+                                          "Confidence margin by which the alternative must check better")
+        # the Estimator's checks: both in [0, 1]
+        EstimatorConfig(alternative_below=self.alternative_below, alternative_margin=self.alternative_margin)
         self.tracking = declare(self, "tracking", True, "Track found objects frame to frame (else refine every detection)")
         coarse = declare(self, "track_coarse_iters", 3,
                          "Gauss-Newton steps at 64 px per tracked frame (more: a wider reach when frames are dropped)")
@@ -143,16 +152,22 @@ class RefinerNode(Node):
         for est in msg.poses:
             hypotheses.setdefault(est.object_id, []).append(est)
         with self._lock:
-            for object_id, ests in hypotheses.items():
-                est = ests[0]  # mask, box, score and status are the detection's, the same in each
+            for object_id, entries in hypotheses.items():
+                alternatives = [e for e in entries if e.status == ObjectPoseEstimate.STATUS_INITIAL_ALTERNATIVE]
+                ests = [e for e in entries if e.status != ObjectPoseEstimate.STATUS_INITIAL_ALTERNATIVE]
                 obj = self.objects.get(object_id)
                 track = self.tracks.get(object_id)
-                if obj is None or (self.tracking and track is not None and track.active):
+                if not ests or obj is None or (self.tracking and track is not None and track.active):
                     continue  # tracked objects follow the camera frames; detections re-initialise lost ones
+                est = ests[0]  # mask, box, score and status are the detection's, the same in each
                 try:
                     mask = image_to_mask(est.mask) if est.mask.height else None
                     initial = [pose_to_matrix(e.pose, f"{object_id} initial pose") for e in ests]
                     best = refine_best(object_id, obj, rgb, mask, est.box, K, initial, self.refine_config)
+                    if best is not None and alternatives and mask is not None and best.score < self.alternative_below:
+                        best = second_opinion(obj, rgb, mask, est.box, K, best,
+                                              pose_to_matrix(alternatives[0].pose, f"{object_id} alternative pose"),
+                                              self.refine_config, self.alternative_margin)
                 except InputError as exc:
                     self.get_logger().warning(f"{object_id}: {exc}", throttle_duration_sec=5.0)
                     continue

@@ -6,7 +6,8 @@ In:  /gspose/detections (DetectionArray; several candidates per object, best fir
 Out: /gspose/initial_poses (ObjectPoseArray, STATUS_INITIAL, or STATUS_INITIAL_RECUT for re-cut
      masks; per object, the `hypotheses` best distinct hypotheses of its best-checking candidate,
      best first, as consecutive entries with the same object_id, mask and box (the Estimator's
-     choice; a re-cut mask gets one, as the Estimator's second pass); with the image and
+     choice; a re-cut mask gets one, as the Estimator's second pass), then, for a first pass, the
+     best hypothesis >= 90 deg from those (STATUS_INITIAL_ALTERNATIVE); with the image and
      camera_info for the refiner). Latest wins, per input topic, when detections arrive faster
      than retrieval runs.
 """
@@ -20,7 +21,7 @@ from rclpy.node import Node
 from ..core.errors import InputError
 from ..core.estimator import EstimatorConfig
 from ..core.frontend import make_frontend
-from ..core.retrieve import distinct_hypotheses
+from ..core.retrieve import alternative_hypothesis, distinct_hypotheses
 from ..msg import DetectionArray, ObjectPoseArray, ObjectPoseEstimate
 from .common import STAGE_QOS, LatestSlot, RegisteredObjects, declare, declare_frontend, log_counts_periodically, run_nodes
 from .conversions import carried_frame, image_to_mask, matrix_to_pose
@@ -93,9 +94,14 @@ class RetrievalNode(Node):
                 continue
             index, hypotheses = retrieved
             det = dets[index]
-            for hypothesis in distinct_hypotheses(hypotheses, n):
+            sent = distinct_hypotheses(hypotheses, n)
+            # the first pass also sends the Estimator's second opinion, which the refiner refines
+            # only when the others check poorly (estimator.second_opinion)
+            alternative = None if recut else alternative_hypothesis(hypotheses, [h.T for h in sent])
+            for hypothesis, kind in [(h, status) for h in sent] + (
+                    [(alternative, ObjectPoseEstimate.STATUS_INITIAL_ALTERNATIVE)] if alternative else []):
                 out.poses.append(ObjectPoseEstimate(object_id=object_id, pose=matrix_to_pose(hypothesis.T),
-                                                    score=float(det.score), status=status,
+                                                    score=float(det.score), status=kind,
                                                     box=list(det.box), mask=det.mask))
         if out.poses:
             self.pub.publish(out)
