@@ -313,12 +313,12 @@ class Estimator:
             t0 = time.perf_counter()
             index, hypotheses = retrieved
             det = detections[index]
-            refined_from = [h.T for h in distinct_hypotheses(hypotheses, self.config.hypotheses)]
-            best = refine_best(object_id, gaussians, image, det.mask, det.box, K, refined_from, self.config.refine,
-                               det.score, timings)
+            best = self._refine_best(registered, image, K, det.mask, det.box, det.score, hypotheses,
+                                     self.config.hypotheses, timings)
             timings["refine"] = time.perf_counter() - t0
             if best is not None and best.score < self.config.alternative_below:
                 t0 = time.perf_counter()
+                refined_from = [h.T for h in distinct_hypotheses(hypotheses, self.config.hypotheses)]
                 alternative = alternative_hypothesis(hypotheses, refined_from)
                 if alternative is not None:
                     best = second_opinion(gaussians, image, det.mask, det.box, K, best, alternative.T,

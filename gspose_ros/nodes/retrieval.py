@@ -94,12 +94,13 @@ class RetrievalNode(Node):
                 continue
             index, hypotheses = retrieved
             det = dets[index]
-            sent = distinct_hypotheses(hypotheses, n)
+            sent = [(h, status) for h in distinct_hypotheses(hypotheses, n)]
             # the first pass also sends the Estimator's second opinion, which the refiner refines
             # only when the others check poorly (estimator.second_opinion)
-            alternative = None if recut else alternative_hypothesis(hypotheses, [h.T for h in sent])
-            for hypothesis, kind in [(h, status) for h in sent] + (
-                    [(alternative, ObjectPoseEstimate.STATUS_INITIAL_ALTERNATIVE)] if alternative else []):
+            alternative = None if recut else alternative_hypothesis(hypotheses, [h.T for h, _ in sent])
+            if alternative is not None:
+                sent.append((alternative, ObjectPoseEstimate.STATUS_INITIAL_ALTERNATIVE))
+            for hypothesis, kind in sent:
                 out.poses.append(ObjectPoseEstimate(object_id=object_id, pose=matrix_to_pose(hypothesis.T),
                                                     score=float(det.score), status=kind,
                                                     box=list(det.box), mask=det.mask))
