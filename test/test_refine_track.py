@@ -8,7 +8,8 @@ from gspose_ros.core import bop, metrics, synth
 from gspose_ros.core.errors import InputError
 from gspose_ros.core.geometry import crop_window_from_pose
 from gspose_ros.core.losses import appearance_loss
-from gspose_ros.core.refine import AlignConfig, CpuPoseLoss, RefineConfig, align_pose, apply_delta, perturb_pose, prepare_query, refine_pose
+from gspose_ros.core.refine import (PHOTOMETRIC_GAIN_RANGE, AlignConfig, CpuPoseLoss, RefineConfig, align_pose, apply_delta,
+                                    perturb_pose, photometric_gain, prepare_query, refine_pose)
 from gspose_ros.core.render import render
 from gspose_ros.core.track import Tracker, smooth_trajectory
 
@@ -97,6 +98,44 @@ def test_gauss_newton_alignment_converges_from_a_small_error(built_duck, dataset
         assert r.ok and r.iterations == 6
         before, after = metrics.add(T0, f.T, pts), metrics.add(r.T, f.T, pts)
         assert after < 0.5 * before and after < 0.1 * 0.14, (before, after)
+
+
+def test_photometric_gain_is_the_least_squares_gain_inside_both_silhouettes():
+    rng = np.random.default_rng(0)
+    rgb = rng.uniform(0.1, 0.9, (32, 32, 3))
+    alpha = np.zeros((32, 32))
+    alpha[4:28, 4:28] = 1.0
+    mask = np.zeros((32, 32))
+    mask[8:32, 8:32] = 1.0
+    target = rgb * np.array([0.6, 0.8, 1.3])
+    target[mask == 0] = 0.0  # the query is masked; outside both, nothing must count
+    target[:8] = 5.0  # only rows 8-28 are in both
+    target[28:] = 5.0
+    np.testing.assert_allclose(photometric_gain(rgb, alpha, target, mask), [0.6, 0.8, 1.3], rtol=1e-6)
+    lo, hi = PHOTOMETRIC_GAIN_RANGE
+    np.testing.assert_allclose(photometric_gain(rgb, alpha, rgb * 9.0, None), [hi] * 3)  # clamped
+    np.testing.assert_allclose(photometric_gain(rgb, alpha, rgb * 0.01, None), [lo] * 3)
+    np.testing.assert_allclose(photometric_gain(rgb, np.zeros((32, 32)), target, mask), [1.0] * 3)  # no overlap
+
+
+def test_gauss_newton_alignment_under_another_light(built_duck, dataset):
+    """The query lit dimmer and warmer than the references (baked into the 3DGO): with the
+    photometric gain the alignment still converges; on raw colours it is pulled off."""
+    pts = bop.load_model_points(dataset, 3)
+    from scipy.spatial.transform import Rotation
+
+    errors = {True: [], False: []}
+    for f in bop.load_split_frames(dataset, "test", 3)[:2]:
+        img, mask = f.load()
+        dim = np.clip(img * np.array([0.75, 0.6, 0.45]), 0, 255).astype(np.uint8)
+        T0 = f.T.copy()
+        T0[:3, :3] = Rotation.from_rotvec(np.radians(6) * np.array([0.6, 0.8, 0.0])).as_matrix() @ T0[:3, :3]
+        T0[:3, 3] += T0[2, 3] * np.array([0.015, 0.0, 0.04])
+        for gain in (True, False):
+            r = align_pose(built_duck, dim, mask, T0, f.K, AlignConfig(coarse_iters=3, fine_iters=3, photometric_gain=gain))
+            errors[gain].append(metrics.add(r.T, f.T, pts))
+    assert max(errors[True]) < 0.1 * 0.14, errors
+    assert np.mean(errors[True]) < np.mean(errors[False]), errors
 
 
 def test_refine_rejects_bad_input(obj, queries):
