@@ -316,7 +316,7 @@ def _initial_poses_for(client, topic, sent, status=None, timeout=120.0):
 def test_retrieval_sends_distinct_hypotheses_per_detection(graph, dataset):
     """hypotheses=2 (set for this graph): two entries for the one detection, best first, with the
     detection's mask and box, rotations at least 30 deg apart (retrieve.distinct_hypotheses), then
-    the alternative the refiner refines only for a poorly checking pose, >= 90 deg from both."""
+    the alternative the refiner refines too (estimator.second_opinion), >= 90 deg from both."""
     from gspose_ros.core.geometry import rotation_error_deg
     from gspose_ros.msg import ObjectPoseEstimate
 

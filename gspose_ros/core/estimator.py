@@ -34,7 +34,7 @@ from .segment import recut_mask
 from .views import validate_views
 
 __all__ = ["COLOUR_KEY", "Estimator", "EstimatorConfig", "ObjectPose", "EstimateReport", "build_object", "choose_refined",
-           "refine_and_check", "refine_best", "second_opinion"]
+           "refine_and_check", "refine_best", "second_opinion", "seeks_second_opinion"]
 
 
 @dataclass
@@ -81,16 +81,23 @@ class EstimatorConfig:
     # second poses scored up to 0.63) and better than the first. 0: no second pass
     recut_below: float = 0.75
     recut_min_change: float = 0.05  # a re-cut mask closer than this (1 - IoU) to the detection changes nothing: skipped
-    # a first pose checking below this also gets the best hypothesis >= 90 deg from it refined
-    # (retrieve.alternative_hypothesis), kept when it checks better by alternative_margin at the
-    # check's 64 px and better at CHOOSE_SIZE too (second_opinion); runs before the re-cut, which
-    # then starts from whichever was kept. Most wrong poses with right masks are flips whose
-    # hypothesis was never refined. Measured (RESULTS.md, 60 frames): 86.7 -> 88.3 % (a box flip
-    # that checked 0.70 against the truth's 0.85), three-object images unchanged at 90.0 %; without
-    # the 128-px agreement a duck frame of those was lost to its flip, and at 0.9 instead of 0.75
-    # two confident duck poses were (their flips check better at both sizes). 0: off
+    # a first pose's alternative, the best hypothesis >= 90 deg from it (retrieve.alternative_hypothesis),
+    # is refined too (second_opinion) and kept when it either checks clearly better (the first
+    # checking below alternative_below: better by alternative_margin at the check's 64 px and
+    # better at CHOOSE_SIZE), or checks about as well (within alternative_margin at 64 px) with inner
+    # edges that match the query's clearly better at CHOOSE_SIZE (edge strength higher by
+    # alternative_edge_margin). Runs before the re-cut, which then starts from whichever was kept.
+    # Most wrong poses with right masks are flips whose hypothesis was never refined. Measured
+    # (RESULTS.md, 60 frames): the first rule 86.7 -> 88.3 % (a box flip that checked 0.70 against
+    # the truth's 0.85); at 0.9 instead of 0.75 two confident duck poses were lost (their flips
+    # check better at both sizes). The edge rule: over the 60 frames with every alternative refined,
+    # the right alternatives' edge strength exceeded their flipped first poses' by 0.28 (bracket) and
+    # 0.20 (duck) with 64-px checks 0.004 and 0.019 worse; of the 42 right first poses whose
+    # alternative checked within 0.03, none had an alternative with stronger edges (at best -0.17).
+    # Since it asks for no better check, it is sought at any confidence. 0 / 0: off
     alternative_below: float = 0.75
-    alternative_margin: float = 0.03  # confidence margin the alternative must check better by
+    alternative_margin: float = 0.03  # confidence margin of both rules
+    alternative_edge_margin: float = 0.1  # edge-strength margin (PoseCheck.edge_strength at CHOOSE_SIZE)
 
     def __post_init__(self):
         if self.hypotheses < 1:
@@ -101,6 +108,9 @@ class EstimatorConfig:
         for name in ("alternative_below", "alternative_margin"):
             if not 0.0 <= getattr(self, name) <= 1.0:  # confidences are in [0, 1]; also refuses NaN
                 raise InputError(f"{name} must be in [0, 1] (a pose confidence), got {getattr(self, name)}")
+        if not 0.0 <= self.alternative_edge_margin <= 2.0:  # edge strengths are in [-1, 1]; also refuses NaN
+            raise InputError(f"alternative_edge_margin must be in [0, 2] (an edge-strength margin), "
+                             f"got {self.alternative_edge_margin}")
         if not 0.0 <= self.retrieval_opening < 0.5:  # also refuses NaN
             raise InputError(f"retrieval_opening must be in [0, 0.5) (a fraction of sqrt(mask area)), "
                              f"got {self.retrieval_opening}")
@@ -211,20 +221,33 @@ def refine_best(object_id: str, obj: GaussianObject, image: np.ndarray, mask: np
     return choose_refined(obj, image, mask, box, K, refined)
 
 
+def seeks_second_opinion(first: ObjectPose | None, config: EstimatorConfig) -> bool:
+    """Whether `first`'s alternative is refined at all (second_opinion): always while the edge rule
+    is on, otherwise only for a pose checking below alternative_below. Shared by the Estimator
+    and the refiner node."""
+    return first is not None and (config.alternative_edge_margin > 0 or first.score < config.alternative_below)
+
+
 def second_opinion(obj: GaussianObject, image: np.ndarray, mask: np.ndarray, box, K: np.ndarray, first: ObjectPose,
-                   alternative: np.ndarray, config: RefineConfig, margin: float) -> ObjectPose:
+                   alternative: np.ndarray, refine_config: RefineConfig, config: EstimatorConfig) -> ObjectPose:
     """`first`, or the pose refined from `alternative` (a hypothesis far from first's, see
-    retrieve.alternative_hypothesis) when that explains the detection clearly better: by `margin`
-    in confidence and also at CHOOSE_SIZE. The near-symmetric duck's flips check about as well as
-    its right poses, so a close call keeps the first (measured: without the 128-px agreement one
-    of the three-object images' duck poses was lost to its flip). Shared by the Estimator and the
-    refiner node."""
-    other = refine_best(first.object_id, obj, image, mask, box, K, [alternative], config, first.detection_score,
+    retrieve.alternative_hypothesis) when that explains the detection better by one of
+    EstimatorConfig's two rules: a clearly better check (for a first pose below
+    alternative_below; also at CHOOSE_SIZE, since the near-symmetric duck's flips check about as
+    well as its right poses), or as good a check with clearly stronger matching inner edges at
+    CHOOSE_SIZE (edge strength, which the query's light changes little: a flip puts the beak, the
+    bracket's bends, where the query has none). Shared by the Estimator and the refiner node."""
+    other = refine_best(first.object_id, obj, image, mask, box, K, [alternative], refine_config, first.detection_score,
                         first.timings)
-    if other is None or other.score <= first.score + margin:
-        return first
+    margin = config.alternative_margin
+    if other is None or other.score < first.score - margin:
+        return first  # neither rule can take it: spare the fine checks
     fine = QueryCrop(image, mask, np.asarray(box, dtype=np.float64), K, size=CHOOSE_SIZE)
-    return other if fine.check(obj, other.T).score > fine.check(obj, first.T).score else first
+    mine, theirs = fine.check(obj, first.T), fine.check(obj, other.T)
+    clearer = first.score < config.alternative_below and other.score > first.score + margin and theirs.score > mine.score
+    sharper = config.alternative_edge_margin > 0 and \
+        theirs.edge_strength > mine.edge_strength + config.alternative_edge_margin
+    return other if clearer or sharper else first
 
 
 class Estimator:
@@ -316,13 +339,13 @@ class Estimator:
             best = self._refine_best(registered, image, K, det.mask, det.box, det.score, hypotheses,
                                      self.config.hypotheses, timings)
             timings["refine"] = time.perf_counter() - t0
-            if best is not None and best.score < self.config.alternative_below:
+            if seeks_second_opinion(best, self.config):
                 t0 = time.perf_counter()
                 refined_from = [h.T for h in distinct_hypotheses(hypotheses, self.config.hypotheses)]
                 alternative = alternative_hypothesis(hypotheses, refined_from)
                 if alternative is not None:
                     best = second_opinion(gaussians, image, det.mask, det.box, K, best, alternative.T,
-                                          self.config.refine, self.config.alternative_margin)
+                                          self.config.refine, self.config)
                 timings["alternative"] = time.perf_counter() - t0
         if best is not None and best.score < self.config.recut_below:
             t0 = time.perf_counter()

@@ -4,7 +4,8 @@
 In:  /gspose/initial_poses (ObjectPoseArray with image, camera_info and masks; consecutive
      entries of one object are hypotheses of one detection, best first: each is refined and the
      best-checking one kept, estimator.refine_best; an entry with STATUS_INITIAL_ALTERNATIVE is
-     refined only when that pose checks below alternative_below, estimator.second_opinion), and
+     refined too and kept by estimator.second_opinion's rules, alternative_below /
+     alternative_margin / alternative_edge_margin), and
      the camera (/camera/image_raw +
      /camera/camera_info) for tracking.
 Out: /object_pose (geometry_msgs/PoseStamped: T_camera_object of `target_object`, or of
@@ -36,7 +37,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from visualization_msgs.msg import Marker, MarkerArray
 
 from ..core.errors import InputError
-from ..core.estimator import EstimatorConfig, refine_best, second_opinion
+from ..core.estimator import EstimatorConfig, refine_best, second_opinion, seeks_second_opinion
 from ..core.refine import AlignConfig, cascade_refine_config
 from ..core.segment import recut_mask
 from ..core.track import Tracker
@@ -95,13 +96,20 @@ class RefinerNode(Node):
         self.recut_below = declare(self, "recut_below", EstimatorConfig.recut_below,
                                    "A rejected pose's object is cut again around its render for a second retrieval, "
                                    "whose pose must check at least this well (0: no second pass)")
-        self.alternative_below = declare(self, "alternative_below", EstimatorConfig.alternative_below,
-                                         "A refined pose checking below this also gets the detection's alternative "
-                                         "hypothesis (>= 90 deg away) refined, kept if it checks clearly better (0: off)")
-        self.alternative_margin = declare(self, "alternative_margin", EstimatorConfig.alternative_margin,
-                                          "Confidence margin by which the alternative must check better")
-        # the Estimator's checks: both in [0, 1]
-        EstimatorConfig(alternative_below=self.alternative_below, alternative_margin=self.alternative_margin)
+        alternative_below = declare(self, "alternative_below", EstimatorConfig.alternative_below,
+                                    "A refined pose checking below this gives way to the detection's alternative "
+                                    "hypothesis (>= 90 deg away) if that checks clearly better (0: off)")
+        alternative_margin = declare(self, "alternative_margin", EstimatorConfig.alternative_margin,
+                                     "Confidence margin of the alternative's rules: better by this to win on its "
+                                     "check, within this to win on its edges")
+        alternative_edge_margin = declare(self, "alternative_edge_margin", EstimatorConfig.alternative_edge_margin,
+                                          "The alternative, checking within alternative_margin, also wins when its "
+                                          "inner edges match the image better by this at 128 px (0: off; then the "
+                                          "alternative is refined only below alternative_below)")
+        # the Estimator's rules and their checks (confidences in [0, 1], the edge margin in [0, 2])
+        self.second_opinion_config = EstimatorConfig(alternative_below=alternative_below,
+                                                     alternative_margin=alternative_margin,
+                                                     alternative_edge_margin=alternative_edge_margin)
         self.tracking = declare(self, "tracking", True, "Track found objects frame to frame (else refine every detection)")
         coarse = declare(self, "track_coarse_iters", 3,
                          "Gauss-Newton steps at 64 px per tracked frame (more: a wider reach when frames are dropped)")
@@ -164,10 +172,10 @@ class RefinerNode(Node):
                     mask = image_to_mask(est.mask) if est.mask.height else None
                     initial = [pose_to_matrix(e.pose, f"{object_id} initial pose") for e in ests]
                     best = refine_best(object_id, obj, rgb, mask, est.box, K, initial, self.refine_config)
-                    if best is not None and alternatives and mask is not None and best.score < self.alternative_below:
+                    if alternatives and mask is not None and seeks_second_opinion(best, self.second_opinion_config):
                         best = second_opinion(obj, rgb, mask, est.box, K, best,
                                               pose_to_matrix(alternatives[0].pose, f"{object_id} alternative pose"),
-                                              self.refine_config, self.alternative_margin)
+                                              self.refine_config, self.second_opinion_config)
                 except InputError as exc:
                     self.get_logger().warning(f"{object_id}: {exc}", throttle_duration_sec=5.0)
                     continue

@@ -203,6 +203,7 @@ def evaluate_pipeline(args, ids, infos, log):
                                     min_detection_score=args.min_detection_score, min_score=args.min_score,
                                     max_candidates=args.max_candidates, recut_below=args.recut_below,
                                     alternative_below=args.alternative_below,
+                                    alternative_edge_margin=args.alternative_edge_margin,
                                     hypotheses=args.hypotheses, retrieval_opening=args.retrieval_opening,
                                     truncated_handicap=args.truncated_handicap))
     # per object, once: what its poses and masks are judged by
@@ -336,7 +337,11 @@ def parse_args(argv=None):
     p.add_argument("--recut-below", type=float, default=EstimatorConfig.recut_below,
                    help="pipeline: poses checking less get a second pass on a mask re-cut around their render (0: none)")
     p.add_argument("--alternative-below", type=float, default=EstimatorConfig.alternative_below,
-                   help="pipeline: first poses checking less also get the best hypothesis >= 90 deg away refined (0: off)")
+                   help="pipeline: first poses checking less give way to the best hypothesis >= 90 deg away if it "
+                        "checks clearly better (0: off)")
+    p.add_argument("--alternative-edge-margin", type=float, default=EstimatorConfig.alternative_edge_margin,
+                   help="pipeline: the alternative checking about as well also wins when its inner edges match "
+                        "better by this at 128 px (0: off)")
     p.add_argument("--retrieval-opening", type=float, default=EstimatorConfig.retrieval_opening,
                    help="pipeline: retrieve on the detection mask without parts thinner than this x sqrt(area) (0: off)")
     p.add_argument("--truncated-handicap", type=float, default=EstimatorConfig.truncated_handicap,
