@@ -9,8 +9,15 @@ import pytest
 from gspose_ros.core import bop, metrics, synth
 from gspose_ros.core.detect import DetectorConfig, _sure_core, colour_model, detect, hole_fraction, object_probability, texture_model
 from gspose_ros.core.errors import InputError
-from gspose_ros.core.estimator import (Estimator, EstimatorConfig, ObjectPose, choose_refined, refine_and_check, second_opinion,
-                                       seeks_second_opinion)
+from gspose_ros.core.estimator import (
+    Estimator,
+    EstimatorConfig,
+    ObjectPose,
+    choose_refined,
+    refine_and_check,
+    second_opinion,
+    seeks_second_opinion,
+)
 from gspose_ros.core.frontend import COLOUR_KEY, HOLES_KEY, TEXTURE_KEY, WeightFreeFrontEnd, store_detector_model
 from gspose_ros.core.geometry import mask_box, mask_iou
 from gspose_ros.core.refine import cascade_refine_config, perturb_pose

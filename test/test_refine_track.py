@@ -8,8 +8,18 @@ from gspose_ros.core import bop, metrics, synth
 from gspose_ros.core.errors import InputError
 from gspose_ros.core.geometry import crop_window_from_pose
 from gspose_ros.core.losses import appearance_loss
-from gspose_ros.core.refine import (PHOTOMETRIC_GAIN_RANGE, AlignConfig, CpuPoseLoss, RefineConfig, align_pose, apply_delta,
-                                    perturb_pose, photometric_gain, prepare_query, refine_pose)
+from gspose_ros.core.refine import (
+    PHOTOMETRIC_GAIN_RANGE,
+    AlignConfig,
+    CpuPoseLoss,
+    RefineConfig,
+    align_pose,
+    apply_delta,
+    perturb_pose,
+    photometric_gain,
+    prepare_query,
+    refine_pose,
+)
 from gspose_ros.core.render import render
 from gspose_ros.core.track import Tracker, smooth_trajectory
 
