@@ -15,8 +15,10 @@ from gspose_ros.core.refine import (
     RefineConfig,
     align_pose,
     apply_delta,
+    cascade_refine_config,
     perturb_pose,
     photometric_gain,
+    polish_refined,
     prepare_query,
     refine_pose,
 )
@@ -83,6 +85,21 @@ def test_refinement_at_the_coarse_size_only_returns_its_result(obj, queries):
     r = refine_pose(obj, img, mask, T0, f.K, RefineConfig(max_steps=10, min_steps=10, coarse_fraction=1.0, polish=None))
     assert r.iterations == 10 and r.alpha is not None and r.alpha.shape == (64, 64)
     assert np.abs(r.T - T0).max() > 1e-4
+
+
+def test_refinement_in_two_calls_is_refinement_in_one(obj, queries):
+    """polish=False stops after Adam and polish_refined does the rest (the second opinion's two
+    stages): the same pose as one call."""
+    f = queries[1]
+    img, mask = f.load()
+    T0 = perturb_pose(f.T, np.random.default_rng(5), max_rot_deg=10)
+    config = cascade_refine_config()
+    whole = refine_pose(obj, img, mask, T0, f.K, config)
+    adam = refine_pose(obj, img, mask, T0, f.K, config, polish=False)
+    assert adam.iterations < whole.iterations
+    polished = polish_refined(obj, img, mask, f.K, adam, config)
+    np.testing.assert_allclose(polished.T, whole.T, atol=1e-6)
+    assert polished.iterations == whole.iterations and polished.confidence == pytest.approx(whole.confidence)
 
 
 def test_refinement_flags_a_wrong_object_region(obj, queries):

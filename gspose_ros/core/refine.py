@@ -207,8 +207,10 @@ def _stages(cfg: RefineConfig) -> list[tuple[int, int]]:
 
 
 def refine_pose(obj: GaussianObject, image: np.ndarray, mask: np.ndarray | None, T_init, K,
-                config: RefineConfig | None = None, window: CropWindow | None = None) -> RefineResult:
-    """Refine T_init against the query image (+ object mask) by render-and-compare, coarse to fine."""
+                config: RefineConfig | None = None, window: CropWindow | None = None,
+                polish: bool = True) -> RefineResult:
+    """Refine T_init against the query image (+ object mask) by render-and-compare, coarse to fine.
+    polish=False stops after Adam (polish_refined does the rest)."""
     cfg = config or RefineConfig()
     start = time.perf_counter()
     image, mask, T_init, K, window = _prepare_query(obj, image, mask, T_init, K, cfg.crop_size, cfg.pad, window)
@@ -256,14 +258,28 @@ def refine_pose(obj: GaussianObject, image: np.ndarray, mask: np.ndarray | None,
     T_out = orthonormalize(T_best.double().numpy())
     alpha = alpha.numpy() if alpha is not None else None
     iou = _iou(torch.from_numpy(alpha), target_mask) if mask is not None and alpha is not None else 1.0
-    if cfg.polish is not None and on_cpu:
-        polished = align_pose(obj, image, mask, T_out, K, cfg.polish, window)
-        steps_done += polished.iterations
-        if polished.mask_iou >= iou - 0.02:  # never trade a clearly better silhouette for it
-            T_out, iou, alpha = polished.T, polished.mask_iou, polished.alpha
-    confidence = float(np.clip(iou * (1.0 - min(best_loss, 1.0)), 0.0, 1.0))
-    return RefineResult(T_out, best_loss, steps_done, iou, confidence, iou >= cfg.min_mask_iou,
-                        time.perf_counter() - start, window, alpha)
+    result = RefineResult(T_out, best_loss, steps_done, iou, _confidence(iou, best_loss), iou >= cfg.min_mask_iou,
+                          time.perf_counter() - start, window, alpha)
+    return polish_refined(obj, image, mask, K, result, cfg) if polish else result
+
+
+def _confidence(iou: float, loss: float) -> float:
+    return float(np.clip(iou * (1.0 - min(loss, 1.0)), 0.0, 1.0))
+
+
+def polish_refined(obj: GaussianObject, image: np.ndarray, mask: np.ndarray | None, K, result: RefineResult,
+                   config: RefineConfig) -> RefineResult:
+    """The Gauss-Newton polish (config.polish, CPU backend) of an Adam result that refine_pose
+    returned unpolished (polish=False): what refine_pose does after Adam, so refining in two calls
+    gives the same pose as in one. The result itself where there is no polish to do."""
+    if config.polish is None or obj.means.device.type != "cpu" or result.window is None:
+        return result
+    polished = align_pose(obj, image, mask, result.T, K, config.polish, result.window)
+    T, iou, alpha = result.T, result.mask_iou, result.alpha
+    if polished.mask_iou >= iou - 0.02:  # never trade a clearly better silhouette for it
+        T, iou, alpha = polished.T, polished.mask_iou, polished.alpha
+    return RefineResult(T, result.loss, result.iterations + polished.iterations, iou, _confidence(iou, result.loss),
+                        iou >= config.min_mask_iou, result.seconds + polished.seconds, result.window, alpha)
 
 
 def _iou(alpha, target_mask) -> float:
