@@ -96,7 +96,7 @@ class RetrievalNode(Node):
             det = dets[index]
             sent = [(h, status) for h in distinct_hypotheses(hypotheses, n)]
             # the first pass also sends the Estimator's second opinion, which the refiner refines
-            # only when the others check poorly (estimator.second_opinion)
+            # and keeps by its rules (estimator.seeks_second_opinion, estimator.second_opinion)
             alternative = None if recut else alternative_hypothesis(hypotheses, [h.T for h, _ in sent])
             if alternative is not None:
                 sent.append((alternative, ObjectPoseEstimate.STATUS_INITIAL_ALTERNATIVE))
