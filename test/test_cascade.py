@@ -7,7 +7,16 @@ import numpy as np
 import pytest
 
 from gspose_ros.core import bop, metrics, synth
-from gspose_ros.core.detect import DetectorConfig, _sure_core, colour_model, detect, hole_fraction, object_probability, texture_model
+from gspose_ros.core.detect import (
+    DetectorConfig,
+    _sure_core,
+    colour_model,
+    detect,
+    hole_fraction,
+    object_probability,
+    texture_model,
+    texture_trim,
+)
 from gspose_ros.core.errors import InputError
 from gspose_ros.core.estimator import (
     Estimator,
@@ -124,6 +133,29 @@ def test_texture_model_tells_a_print_from_smooth_surfaces_of_its_colours():
     assert abs(by_colour[checker].mean() - by_colour[halves].mean()) < 0.1
     both = object_probability(query, colour, texture)
     assert both[checker].mean() > 0.8 and both[halves].mean() < 0.5, (both[checker].mean(), both[halves].mean())
+
+
+def test_texture_trim_cuts_a_smooth_leak_of_the_objects_colours_off_a_textured_mask():
+    """The leak GrabCut makes on colour alone: the checker's mask running into a smooth strip of
+    its light colour. Trimmed to the checker's texture the strip goes and the checker stays; an
+    object without a texture model, or a smooth one, is not trimmed."""
+    light, dark = np.array([190, 170, 200], np.uint8), np.array([150, 120, 170], np.uint8)
+    image = _checker_and_halves(light, dark)
+    checker = np.zeros((480, 640), bool)
+    checker[180:300, 100:220] = True
+    texture = texture_model([image], [checker])
+    image[180:300, 220:280] = light
+    leaky = checker.copy()
+    leaky[180:300, 220:280] = True
+    trimmed = texture_trim(image, leaky, texture, 0.5)
+    assert mask_iou(trimmed, checker) > 0.9 > mask_iou(leaky, checker) + 0.2, (mask_iou(trimmed, checker),
+                                                                             mask_iou(leaky, checker))
+    assert not (trimmed & ~leaky).any()  # a trim only removes
+    assert mask_iou(texture_trim(image, checker, texture, 0.5), checker) > 0.9
+    assert texture_trim(image, leaky, None, 0.5) is None
+    halves = np.zeros((480, 640), bool)
+    halves[180:300, 400:520] = True
+    assert texture_trim(image, leaky, texture_model([image], [halves]), 0.5) is None
 
 
 def test_detector_models_are_stored_and_old_objects_keep_working(built_duck, duck_refs):
@@ -435,6 +467,9 @@ def test_a_flipped_pose_gets_a_second_opinion_by_its_check_or_its_edges(built_du
     for bad in (-0.1, 2.5, float("nan")):
         with pytest.raises(InputError, match="alternative_edge_margin"):
             EstimatorConfig(alternative_edge_margin=bad)
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(InputError, match="recut_texture_threshold"):
+            EstimatorConfig(recut_texture_threshold=bad)
     # the edge rule is sought at any confidence; the clearly-better rule alone only below its bar
     confident = ObjectPose("duck", f.T, 0.9, gt, box, {})
     assert seeks_second_opinion(confident, EstimatorConfig()) and not seeks_second_opinion(confident, score_rule)

@@ -336,7 +336,7 @@ def test_retrieval_sends_distinct_hypotheses_per_detection(graph, dataset):
 
 def test_retrieval_answers_re_cut_masks_as_second_pass_poses(graph, dataset):
     """The second pass's hand-off over DDS: a mask on /gspose/recut_detections (what the refiner
-    sends after cutting a rejected pose's object again, segment.recut_mask) comes back from the
+    sends after cutting a rejected pose's object again, estimator.second_pass_masks) comes back from the
     retrieval node as a STATUS_INITIAL_RECUT pose, which the refiner holds to recut_below.
     (Whether the refiner rejects a given pose depends on the 3DGO's fit: the cut itself is
     tested in test_cascade.py.)"""

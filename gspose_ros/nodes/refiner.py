@@ -15,8 +15,9 @@ Out: /object_pose (geometry_msgs/PoseStamped: T_camera_object of `target_object`
      when those packages are installed.
 An object whose refined pose checks out (score >= min_score) is tracked on every camera
 frame until the tracker loses it; then the next detection re-initialises it. A rejected pose
-gets the Estimator's second pass: the object is cut again around its render and the new mask
-goes back to the retrieval node (/gspose/recut_detections); the pose retrieved on it
+gets the Estimator's second pass: the object is cut again around its render, and trimmed to
+its texture (estimator.second_pass_masks); the new masks go back to the retrieval node
+(/gspose/recut_detections), which retrieves on the one its check prefers; the pose retrieved on it
 (STATUS_INITIAL_RECUT) must check >= max(min_score, recut_below), since a mask cut around a
 render flatters that render's check. (The Estimator also tries it for accepted poses checking
 below recut_below; here those are already being tracked.) An initial pose
@@ -37,9 +38,8 @@ from sensor_msgs.msg import CameraInfo, Image
 from visualization_msgs.msg import Marker, MarkerArray
 
 from ..core.errors import InputError
-from ..core.estimator import EstimatorConfig, refine_best, second_opinion, seeks_second_opinion
+from ..core.estimator import EstimatorConfig, refine_best, second_opinion, second_pass_masks, seeks_second_opinion
 from ..core.refine import AlignConfig, cascade_refine_config
-from ..core.segment import recut_mask
 from ..core.track import Tracker
 from ..core.visualize import draw_overlay
 from ..msg import DetectionArray, ObjectDetection, ObjectPoseArray, ObjectPoseEstimate
@@ -106,10 +106,15 @@ class RefinerNode(Node):
                                           "The alternative, checking within alternative_margin, also wins when its "
                                           "inner edges match the image better by this at 128 px (0: off; then the "
                                           "alternative is refined only below alternative_below)")
-        # the Estimator's rules and their checks (confidences in [0, 1], the edge margin in [0, 2])
+        recut_texture_threshold = declare(self, "recut_texture_threshold", EstimatorConfig.recut_texture_threshold,
+                                          "The second pass also sends a textured object's detection trimmed to its "
+                                          "texture: parts with P(object | texture) below this are cut (0: off)")
+        # the Estimator's rules and their checks (confidences in [0, 1], the edge margin in [0, 2]);
+        # the second pass's masks are cut with its default front end's segmentation settings
         self.second_opinion_config = EstimatorConfig(alternative_below=alternative_below,
                                                      alternative_margin=alternative_margin,
-                                                     alternative_edge_margin=alternative_edge_margin)
+                                                     alternative_edge_margin=alternative_edge_margin,
+                                                     recut_texture_threshold=recut_texture_threshold)
         self.tracking = declare(self, "tracking", True, "Track found objects frame to frame (else refine every detection)")
         coarse = declare(self, "track_coarse_iters", 3,
                          "Gauss-Newton steps at 64 px per tracked frame (more: a wider reach when frames are dropped)")
@@ -123,8 +128,6 @@ class RefinerNode(Node):
         tolerance = declare(self, "camera_info_tolerance_s", 0.05,
                             "Largest stamp difference accepted between an image and its camera_info")
         self.refine_config = cascade_refine_config(int(steps))
-        # the cut of the second pass is the Estimator's (its default front end's segmentation settings)
-        self.segment_config = EstimatorConfig().frontend.segment
         self.objects = RegisteredObjects(self, registry_dir, lambda _id, obj: obj)
         self.tracks: dict[str, Track] = {}
         self.pairing = CameraPairing(tolerance)
@@ -187,11 +190,12 @@ class RefinerNode(Node):
                 if second_pass and score < self.recut_below:
                     continue
                 if score < self.min_score and not second_pass and mask is not None and self.recut_below > 0:
-                    recut = self._recut(est, obj, rgb, mask, T, K)
-                    if recut is not None:
-                        recuts.append(recut)
+                    second = self._second_pass(est, obj, rgb, mask, T, K)
+                    if second:
+                        recuts.extend(second)
                         self.get_logger().info(f"{est.object_id}: pose rejected ({score:.2f}); object cut again "
-                                               "around it for a second retrieval", throttle_duration_sec=5.0)
+                                               f"({len(second)} masks) for a second retrieval",
+                                               throttle_duration_sec=5.0)
                 if score < self.min_score:
                     if mask is None:
                         self.get_logger().warning(
@@ -208,16 +212,15 @@ class RefinerNode(Node):
                                                   detections=recuts))
         self.publish(msg.header, msg.camera_info, rgb, K, results)
 
-    def _recut(self, est: ObjectPoseEstimate, obj, rgb: np.ndarray, mask: np.ndarray, T: np.ndarray,
-               K: np.ndarray) -> ObjectDetection | None:
-        """The object cut again around the render at a rejected pose (the Estimator's second
-        pass, segment.recut_mask): None when the new mask is empty or the detection's own."""
-        recut = recut_mask(obj, rgb, mask, T, K, self.segment_config, EstimatorConfig.recut_min_change)
-        if recut is None:
-            return None
-        cut, box = recut
-        return ObjectDetection(object_id=est.object_id, score=est.score, box=[float(v) for v in box],
-                               mask=mask_to_image(cut))
+    def _second_pass(self, est: ObjectPoseEstimate, obj, rgb: np.ndarray, mask: np.ndarray, T: np.ndarray,
+                     K: np.ndarray) -> list[ObjectDetection]:
+        """The Estimator's second-pass masks for a rejected pose (estimator.second_pass_masks: cut
+        around its render, trimmed to the object's texture), as detections of the object: the
+        retrieval node picks one by its check, as the Estimator does; empty when none differs
+        from the detection."""
+        return [ObjectDetection(object_id=est.object_id, score=est.score, box=[float(v) for v in box],
+                                mask=mask_to_image(cut))
+                for cut, box in second_pass_masks(obj, rgb, mask, T, K, self.second_opinion_config)]
 
     # --- camera frames: track ----------------------------------------------------------
     def on_frame(self, image_msg: Image) -> None:

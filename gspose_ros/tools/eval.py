@@ -202,6 +202,7 @@ def evaluate_pipeline(args, ids, infos, log):
     est = Estimator(EstimatorConfig(frontend=frontend, refine=cascade_refine_config(args.refine_steps),
                                     min_detection_score=args.min_detection_score, min_score=args.min_score,
                                     max_candidates=args.max_candidates, recut_below=args.recut_below,
+                                    recut_texture_threshold=args.recut_texture_threshold,
                                     alternative_below=args.alternative_below,
                                     alternative_edge_margin=args.alternative_edge_margin,
                                     hypotheses=args.hypotheses, retrieval_opening=args.retrieval_opening,
@@ -336,6 +337,9 @@ def parse_args(argv=None):
                    help="pipeline: refined poses checking less are reported as not found")
     p.add_argument("--recut-below", type=float, default=EstimatorConfig.recut_below,
                    help="pipeline: poses checking less get a second pass on a mask re-cut around their render (0: none)")
+    p.add_argument("--recut-texture-threshold", type=float, default=EstimatorConfig.recut_texture_threshold,
+                   help="pipeline: the second pass also tries the detection trimmed where P(object | texture) is "
+                        "below this (0: off)")
     p.add_argument("--alternative-below", type=float, default=EstimatorConfig.alternative_below,
                    help="pipeline: first poses checking less give way to the best hypothesis >= 90 deg away if it "
                         "checks clearly better (0: off)")
