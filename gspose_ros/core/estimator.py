@@ -40,7 +40,7 @@ from .geometry import check_intrinsics, mask_box, mask_iou
 from .refine import RefineConfig, RefineResult, cascade_refine_config, polish_refined, refine_pose
 from .registry import check_object_id
 from .retrieve import CHOOSE_SIZE, PoseCheck, PoseHypothesis, QueryCrop, alternative_hypothesis, distinct_hypotheses
-from .segment import recut_mask
+from .segment import cut_around_pose
 from .views import validate_views
 
 __all__ = ["COLOUR_KEY", "Estimator", "EstimatorConfig", "ObjectPose", "EstimateReport", "build_object", "choose_refined",
@@ -244,20 +244,21 @@ def refine_best(object_id: str, obj: GaussianObject, image: np.ndarray, mask: np
 def second_pass_masks(obj: GaussianObject, image: np.ndarray, mask: np.ndarray, T: np.ndarray, K: np.ndarray,
                       config: EstimatorConfig) -> list[tuple[np.ndarray, np.ndarray]]:
     """The masks (with boxes) a pose that checked poorly against `mask` gets a second retrieval
-    on: the object cut again around its render at T (segment.recut_mask), and the detection
+    on: the object cut again around its render at T (segment.cut_around_pose), and the detection
     trimmed to the object's texture (detect.texture_trim, config.recut_texture_threshold > 0);
-    each only when it differs from the detection and the others by recut_min_change (1 - IoU).
+    each only when it has 16 pixels or more and differs from the detection and the masks before it
+    by recut_min_change (1 - IoU), where a second retrieval would only repeat one already made.
     Shared by the Estimator and the refiner node, which both let retrieval's check pick one."""
-    masks = []
-    recut = recut_mask(obj, image, mask, T, K, config.frontend.segment, config.recut_min_change)
-    if recut is not None:
-        masks.append(recut)
+    candidates = [cut_around_pose(image, obj, T, K, config.frontend.segment)]
     if config.recut_texture_threshold > 0:
-        trimmed = texture_trim(image, mask, object_texture(obj), config.recut_texture_threshold,
-                               config.frontend.detector.work_width)
-        if trimmed is not None and all(mask_iou(trimmed, m) <= 1.0 - config.recut_min_change for m in [mask] + [c for c, _ in masks]):
-            masks.append((trimmed, mask_box(trimmed)))
-    return masks
+        candidates.append(texture_trim(image, mask, object_texture(obj), config.recut_texture_threshold,
+                                       config.frontend.detector.work_width))
+    kept = []
+    for candidate in candidates:
+        if candidate is not None and candidate.sum() >= 16 and \
+                all(mask_iou(candidate, seen) <= 1.0 - config.recut_min_change for seen in [mask] + kept):
+            kept.append(candidate)
+    return [(m, mask_box(m)) for m in kept]
 
 
 # how much the Gauss-Newton polish may still raise an alternative's 64-px check after Adam: one
@@ -419,7 +420,7 @@ class Estimator:
         busy scenes GrabCut leaks into background of the object's colours, which misleads
         retrieval (the silhouette is wrong) and pulls refinement towards the leak. A pose that
         is roughly right excludes the leak, so the object is cut again around its render
-        (segment.recut_mask), and trimmed to its texture (second_pass_masks); retrieval on each,
+        (segment.cut_around_pose), and trimmed to its texture (second_pass_masks); retrieval on each,
         and the one whose hypotheses check best is refined."""
         masks = second_pass_masks(registered.gaussians, image, first.mask, first.T, K, self.config)
         retrieved = self.frontend.retrieve_best(registered.gaussians, registered.prepared, image, [m for m, _ in masks],

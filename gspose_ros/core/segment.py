@@ -30,7 +30,7 @@ from .build import outside_votes_of
 from .colour import N_HSV, grabcut_foreground, histogram, hsv_bins
 from .errors import InputError
 from .gaussians import GaussianObject
-from .geometry import crop_window_from_pose, mask_box, mask_iou
+from .geometry import crop_window_from_pose, mask_iou
 from .render import render
 from .views import check_view_arrays, paste_crop
 
@@ -200,19 +200,6 @@ def open_mask(mask: np.ndarray, fraction: float) -> np.ndarray:
     disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side, side))
     opened = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, disc) > 0
     return opened if opened.sum() >= 16 else mask
-
-
-def recut_mask(obj: GaussianObject, image: np.ndarray, mask: np.ndarray, T: np.ndarray, K: np.ndarray,
-               cfg: SegmentConfig, min_change: float) -> tuple[np.ndarray, np.ndarray] | None:
-    """The second pass's mask: the object cut again around its render at T (a pose that checked
-    poorly against `mask`), with its box; None when the cut is empty or within `min_change`
-    (1 - IoU) of `mask`, where a second retrieval would only repeat the first. Shared by the
-    Estimator and the refiner node."""
-    cut = cut_around_pose(image, obj, T, K, cfg)
-    box = mask_box(cut)
-    if box is None or cut.sum() < 16:
-        return None
-    return None if mask_iou(cut, mask) > 1.0 - min_change else (cut, box)
 
 
 def cosegment(images, poses, Ks, config: SegmentConfig | None = None) -> CoSegmentation:

@@ -111,10 +111,10 @@ class RefinerNode(Node):
                                           "texture: parts with P(object | texture) below this are cut (0: off)")
         # the Estimator's rules and their checks (confidences in [0, 1], the edge margin in [0, 2]);
         # the second pass's masks are cut with its default front end's segmentation settings
-        self.second_opinion_config = EstimatorConfig(alternative_below=alternative_below,
-                                                     alternative_margin=alternative_margin,
-                                                     alternative_edge_margin=alternative_edge_margin,
-                                                     recut_texture_threshold=recut_texture_threshold)
+        self.estimator_config = EstimatorConfig(alternative_below=alternative_below,
+                                                alternative_margin=alternative_margin,
+                                                alternative_edge_margin=alternative_edge_margin,
+                                                recut_texture_threshold=recut_texture_threshold)
         self.tracking = declare(self, "tracking", True, "Track found objects frame to frame (else refine every detection)")
         coarse = declare(self, "track_coarse_iters", 3,
                          "Gauss-Newton steps at 64 px per tracked frame (more: a wider reach when frames are dropped)")
@@ -175,10 +175,10 @@ class RefinerNode(Node):
                     mask = image_to_mask(est.mask) if est.mask.height else None
                     initial = [pose_to_matrix(e.pose, f"{object_id} initial pose") for e in ests]
                     best = refine_best(object_id, obj, rgb, mask, est.box, K, initial, self.refine_config)
-                    if alternatives and mask is not None and seeks_second_opinion(best, self.second_opinion_config):
+                    if alternatives and mask is not None and seeks_second_opinion(best, self.estimator_config):
                         best = second_opinion(obj, rgb, mask, est.box, K, best,
                                               pose_to_matrix(alternatives[0].pose, f"{object_id} alternative pose"),
-                                              self.refine_config, self.second_opinion_config)
+                                              self.refine_config, self.estimator_config)
                 except InputError as exc:
                     self.get_logger().warning(f"{object_id}: {exc}", throttle_duration_sec=5.0)
                     continue
@@ -220,7 +220,7 @@ class RefinerNode(Node):
         from the detection."""
         return [ObjectDetection(object_id=est.object_id, score=est.score, box=[float(v) for v in box],
                                 mask=mask_to_image(cut))
-                for cut, box in second_pass_masks(obj, rgb, mask, T, K, self.second_opinion_config)]
+                for cut, box in second_pass_masks(obj, rgb, mask, T, K, self.estimator_config)]
 
     # --- camera frames: track ----------------------------------------------------------
     def on_frame(self, image_msg: Image) -> None:
