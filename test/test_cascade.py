@@ -300,6 +300,10 @@ def test_a_mask_cut_off_by_the_border_must_out_check_a_whole_one_clearly():
     assert clear.retrieve_best(None, None, image, [cut_off, whole], K, aligned=0)[0] == 0
     # the margin is a parameter (EstimatorConfig.truncated_handicap, the retrieval node's): 0 = no handicap
     assert close.retrieve_best(None, None, image, [cut_off, whole], K, aligned=0, truncated_handicap=0.0)[0] == 0
+    # retrieve_ranked: every mask, in the order retrieve_best chooses by (what the second pass refines in turn)
+    assert [i for i, _, _ in close.retrieve_ranked(None, None, image, [cut_off, whole], K)] == [1, 0]
+    assert [i for i, _, _ in clear.retrieve_ranked(None, None, image, [cut_off, whole], K)] == [0, 1]
+    assert [i for i, _, _ in clear.retrieve_ranked(None, None, image, [whole], K)] == [0]
     for bad in (-0.1, 2.0, float("nan")):
         with pytest.raises(InputError, match="truncated_handicap"):
             EstimatorConfig(truncated_handicap=bad)

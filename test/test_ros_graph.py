@@ -335,22 +335,36 @@ def test_retrieval_sends_distinct_hypotheses_per_detection(graph, dataset):
 
 
 def test_retrieval_answers_re_cut_masks_as_second_pass_poses(graph, dataset):
-    """The second pass's hand-off over DDS: a mask on /gspose/recut_detections (what the refiner
-    sends after cutting a rejected pose's object again, estimator.second_pass_masks) comes back from the
-    retrieval node as a STATUS_INITIAL_RECUT pose, which the refiner holds to recut_below.
+    """The second pass's hand-off over DDS: masks on /gspose/recut_detections (what the refiner
+    sends after cutting a rejected pose's object again, estimator.second_pass_masks) come back from
+    the retrieval node as STATUS_INITIAL_RECUT poses, one per mask with that mask, in the order of
+    retrieval's check (the refiner refines them in turn until one checks >= recut_below).
     (Whether the refiner rejects a given pose depends on the 3DGO's fit: the cut itself is
     tested in test_cascade.py.)"""
-    from gspose_ros.msg import ObjectPoseEstimate
+    from gspose_ros.msg import ObjectDetection, ObjectPoseEstimate
+    from gspose_ros.nodes.conversions import image_to_mask, mask_to_image
 
     g, client, _ = graph
     sent, image = _detection_of_the_duck(client, dataset, 1)
+    whole = image_to_mask(sent.detections[0].mask)
+    # a second mask, the duck's left half: a worse silhouette, which retrieval's check should rank second
+    half = whole.copy()
+    xs = np.nonzero(whole.any(axis=0))[0]
+    half[:, (xs.min() + xs.max()) // 2:] = False
+    ys, hx = np.nonzero(half)
+    sent.detections.insert(0, ObjectDetection(object_id="duck", score=0.9, mask=mask_to_image(half),
+                                              box=[float(hx.min()), float(ys.min()), float(hx.max() + 1),
+                                                   float(ys.max() + 1)]))
     second = _initial_poses_for(client, "/gspose/recut_detections", sent)
-    # one hypothesis on a re-cut mask, as the Estimator's second pass (the graph sends two and an
+    # one hypothesis per re-cut mask, as the Estimator's second pass (the graph sends two and an
     # alternative otherwise)
-    assert len(second) == 1 and second[0].status == ObjectPoseEstimate.STATUS_INITIAL_RECUT, second
-    assert second[0].object_id == "duck" and second[0].mask.height == image.shape[0]
-    T = pose_to_matrix(second[0].pose)
-    assert np.all(np.isfinite(T)) and T[2, 3] > 0
+    assert len(second) == 2 and all(p.status == ObjectPoseEstimate.STATUS_INITIAL_RECUT for p in second), second
+    assert all(p.object_id == "duck" and p.mask.height == image.shape[0] for p in second)
+    masks = [image_to_mask(p.mask) for p in second]
+    assert np.array_equal(masks[0], whole) and np.array_equal(masks[1], half)  # the whole duck checks better
+    for p in second:
+        T = pose_to_matrix(p.pose)
+        assert np.all(np.isfinite(T)) and T[2, 3] > 0
     assert all(g.alive().values())
 
 

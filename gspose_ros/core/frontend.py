@@ -127,6 +127,25 @@ class FrontEnd:
             raise InputError("this object was prepared for detection only (no retrieval bank)")
         return retrieve_pose(obj, prepared.bank, image, mask, K, top_k, self.describe(image, mask, prepared), aligned)
 
+    def retrieve_ranked(self, obj: GaussianObject, prepared, image: np.ndarray, masks: list[np.ndarray],
+                        K: np.ndarray, top_k: int = 32, opening: float = 0.0,
+                        truncated_handicap: float = TRUNCATED_HANDICAP) -> list[tuple[int, list[PoseHypothesis], np.ndarray]]:
+        """Retrieval on every candidate mask of one object: (index, hypotheses, the mask retrieved
+        on) for each mask that gives any, the candidate with the best-checking hypothesis first (see
+        retrieve_best for why by the check, and for truncated_handicap and opening); the hypotheses
+        are as retrieved, their translations not yet aligned (retrieve.align_hypotheses)."""
+        ranked = []
+        for i, mask in enumerate(masks):
+            opened = open_mask(mask, opening)
+            hypotheses = self.retrieve(obj, prepared, image, opened, K, top_k, aligned=0)
+            if not hypotheses:
+                continue
+            score = max((h.check.score for h in hypotheses if h.check is not None), default=-np.inf)
+            score -= truncated_handicap if touches_border(mask) else 0.0
+            ranked.append((score, i, hypotheses, opened))
+        ranked.sort(key=lambda entry: (-entry[0], entry[1]))  # stable: an earlier candidate wins a tie
+        return [(i, hypotheses, opened) for _, i, hypotheses, opened in ranked]
+
     def retrieve_best(self, obj: GaussianObject, prepared, image: np.ndarray, masks: list[np.ndarray], K: np.ndarray,
                       top_k: int = 32, opening: float = 0.0, aligned: int = 1,
                       truncated_handicap: float = TRUNCATED_HANDICAP) -> tuple[int, list[PoseHypothesis]] | None:
@@ -148,17 +167,12 @@ class FrontEnd:
         aligned checks flattered a wrong blob over the duck's own, if leaky, mask (test frame 15 of
         /tmp/ds2: IoU 0.70 chosen before, a wrong blob with alignment), and one
         candidate's alignment is all a refinement needs."""
-        best, best_score, best_opened = None, -np.inf, None
-        for i, mask in enumerate(masks):
-            opened = open_mask(mask, opening)
-            hypotheses = self.retrieve(obj, prepared, image, opened, K, top_k, aligned=0)
-            score = max((h.check.score for h in hypotheses if h.check is not None), default=-np.inf)
-            score -= truncated_handicap if touches_border(mask) else 0.0
-            if hypotheses and (best is None or score > best_score):
-                best, best_score, best_opened = (i, hypotheses), score, opened
-        if best is not None:
-            align_hypotheses(obj, image, best_opened, K, best[1], aligned)
-        return best
+        ranked = self.retrieve_ranked(obj, prepared, image, masks, K, top_k, opening, truncated_handicap)
+        if not ranked:
+            return None
+        index, hypotheses, retrieved_on = ranked[0]
+        align_hypotheses(obj, image, retrieved_on, K, hypotheses, aligned)
+        return index, hypotheses
 
 
 @dataclass

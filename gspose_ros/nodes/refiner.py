@@ -17,9 +17,10 @@ An object whose refined pose checks out (score >= min_score) is tracked on every
 frame until the tracker loses it; then the next detection re-initialises it. A rejected pose
 gets the Estimator's second pass: the object is cut again around its render, and trimmed to
 its texture (estimator.second_pass_masks); the new masks go back to the retrieval node
-(/gspose/recut_detections), which retrieves on the one its check prefers; the pose retrieved on it
-(STATUS_INITIAL_RECUT) must check >= max(min_score, recut_below), since a mask cut around a
-render flatters that render's check. (The Estimator also tries it for accepted poses checking
+(/gspose/recut_detections), which retrieves on each and sends them back ranked by its check
+(STATUS_INITIAL_RECUT, one entry per mask); they are refined in that order until a pose checks
+>= max(min_score, recut_below), the bar for a mask cut around a render, which flatters that
+render's check. (The Estimator also tries it for accepted poses checking
 below recut_below; here those are already being tracked.) An initial pose
 sent without a mask cannot be checked: it is scored by the refinement's own fit, which against
 a cluttered background rarely passes (it was reported with score 1.0 before, wrong or not).
@@ -38,7 +39,14 @@ from sensor_msgs.msg import CameraInfo, Image
 from visualization_msgs.msg import Marker, MarkerArray
 
 from ..core.errors import InputError
-from ..core.estimator import EstimatorConfig, refine_best, second_opinion, second_pass_masks, seeks_second_opinion
+from ..core.estimator import (
+    EstimatorConfig,
+    refine_best,
+    second_opinion,
+    second_pass_masks,
+    second_pass_pose,
+    seeks_second_opinion,
+)
 from ..core.refine import AlignConfig, cascade_refine_config
 from ..core.track import Tracker
 from ..core.visualize import draw_overlay
@@ -170,54 +178,72 @@ class RefinerNode(Node):
                 track = self.tracks.get(object_id)
                 if not ests or obj is None or (self.tracking and track is not None and track.active):
                     continue  # tracked objects follow the camera frames; detections re-initialise lost ones
-                est = ests[0]  # mask, box, score and status are the detection's, the same in each
-                try:
-                    mask = image_to_mask(est.mask) if est.mask.height else None
-                    initial = [pose_to_matrix(e.pose, f"{object_id} initial pose") for e in ests]
-                    best = refine_best(object_id, obj, rgb, mask, est.box, K, initial, self.refine_config)
-                    if alternatives and mask is not None and seeks_second_opinion(best, self.estimator_config):
-                        best = second_opinion(obj, rgb, mask, est.box, K, best,
-                                              pose_to_matrix(alternatives[0].pose, f"{object_id} alternative pose"),
-                                              self.refine_config, self.estimator_config)
-                except InputError as exc:
-                    self.get_logger().warning(f"{object_id}: {exc}", throttle_duration_sec=5.0)
-                    continue
-                if best is None:
-                    self.get_logger().warning(f"{object_id}: refinement diverged", throttle_duration_sec=5.0)
-                    continue
-                T, score = best.T, best.score
-                second_pass = est.status == ObjectPoseEstimate.STATUS_INITIAL_RECUT
-                if second_pass and score < self.recut_below:
-                    continue
-                if score < self.min_score and not second_pass and mask is not None and self.recut_below > 0:
-                    second = self._second_pass(est, obj, rgb, mask, T, K)
-                    if second:
-                        recuts.extend(second)
-                        self.get_logger().info(f"{est.object_id}: pose rejected ({score:.2f}); object cut again "
-                                               f"({len(second)} masks) for a second retrieval",
-                                               throttle_duration_sec=5.0)
-                if score < self.min_score:
-                    if mask is None:
-                        self.get_logger().warning(
-                            f"{est.object_id}: initial pose without a mask refined to confidence {score:.2f} "
-                            f"(< min_score {self.min_score}); refinement needs the object's mask to separate it "
-                            "from the background", throttle_duration_sec=5.0)
-                    continue
-                tracker = Tracker(obj, align_config=self.track_align, min_confidence=self.min_track_confidence)
-                tracker.reset(T, stamp, rgb, K)
-                self.tracks[est.object_id] = Track(tracker, T, score)
-                results.append((est.object_id, T, score, ObjectPoseEstimate.STATUS_REFINED, est.box))
+                # a second pass comes as one entry per re-cut mask, in the order of retrieval's check:
+                # each is refined in turn until one checks out (as the Estimator's second pass)
+                second_pass = ests[0].status == ObjectPoseEstimate.STATUS_INITIAL_RECUT
+                for detection in ([e] for e in ests) if second_pass else [ests]:
+                    pose = self._refine_detection(object_id, obj, rgb, K, detection, alternatives, recuts)
+                    if pose is not None:
+                        T, score, box = pose
+                        tracker = Tracker(obj, align_config=self.track_align, min_confidence=self.min_track_confidence)
+                        tracker.reset(T, stamp, rgb, K)
+                        self.tracks[object_id] = Track(tracker, T, score)
+                        results.append((object_id, T, score, ObjectPoseEstimate.STATUS_REFINED, box))
+                        break
         if recuts:
             self.recut_pub.publish(DetectionArray(header=msg.header, image=msg.image, camera_info=msg.camera_info,
                                                   detections=recuts))
         self.publish(msg.header, msg.camera_info, rgb, K, results)
 
+    def _refine_detection(self, object_id: str, obj, rgb: np.ndarray, K: np.ndarray, ests: list[ObjectPoseEstimate],
+                          alternatives: list[ObjectPoseEstimate], recuts: list[ObjectDetection]):
+        """Refine the hypotheses of one detection (entries with the same mask and box, best first)
+        and judge the best: (T, score, box) when it checks out, else None; a rejected first-pass
+        pose adds its second-pass masks to `recuts`."""
+        est = ests[0]  # mask, box, score and status are the detection's, the same in each
+        second_pass = est.status == ObjectPoseEstimate.STATUS_INITIAL_RECUT
+        try:
+            mask = image_to_mask(est.mask) if est.mask.height else None
+            initial = [pose_to_matrix(e.pose, f"{object_id} initial pose") for e in ests]
+            if second_pass:  # a re-cut mask's pose counts only above the bar (estimator.second_pass_pose)
+                if mask is None:
+                    return None
+                best = second_pass_pose(object_id, obj, rgb, mask, est.box, K, initial[0], self.refine_config,
+                                        max(self.recut_below, self.min_score))
+                return None if best is None else (best.T, best.score, est.box)
+            best = refine_best(object_id, obj, rgb, mask, est.box, K, initial, self.refine_config)
+            if alternatives and mask is not None and seeks_second_opinion(best, self.estimator_config):
+                best = second_opinion(obj, rgb, mask, est.box, K, best,
+                                      pose_to_matrix(alternatives[0].pose, f"{object_id} alternative pose"),
+                                      self.refine_config, self.estimator_config)
+        except InputError as exc:
+            self.get_logger().warning(f"{object_id}: {exc}", throttle_duration_sec=5.0)
+            return None
+        if best is None:
+            self.get_logger().warning(f"{object_id}: refinement diverged", throttle_duration_sec=5.0)
+            return None
+        T, score = best.T, best.score
+        if score < self.min_score and mask is not None and self.recut_below > 0:
+            second = self._second_pass(est, obj, rgb, mask, T, K)
+            if second:
+                recuts.extend(second)
+                self.get_logger().info(f"{object_id}: pose rejected ({score:.2f}); object cut again "
+                                       f"({len(second)} masks) for a second retrieval", throttle_duration_sec=5.0)
+        if score < self.min_score:
+            if mask is None:
+                self.get_logger().warning(
+                    f"{object_id}: initial pose without a mask refined to confidence {score:.2f} "
+                    f"(< min_score {self.min_score}); refinement needs the object's mask to separate it "
+                    "from the background", throttle_duration_sec=5.0)
+            return None
+        return T, score, est.box
+
     def _second_pass(self, est: ObjectPoseEstimate, obj, rgb: np.ndarray, mask: np.ndarray, T: np.ndarray,
                      K: np.ndarray) -> list[ObjectDetection]:
         """The Estimator's second-pass masks for a rejected pose (estimator.second_pass_masks: cut
         around its render, trimmed to the object's texture), as detections of the object: the
-        retrieval node picks one by its check, as the Estimator does; empty when none differs
-        from the detection."""
+        retrieval node ranks them by its check and the first whose pose checks out is kept, as in
+        the Estimator; empty when none differs from the detection."""
         return [ObjectDetection(object_id=est.object_id, score=est.score, box=[float(v) for v in box],
                                 mask=mask_to_image(cut))
                 for cut, box in second_pass_masks(obj, rgb, mask, T, K, self.estimator_config)]

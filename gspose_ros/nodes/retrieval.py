@@ -6,8 +6,9 @@ In:  /gspose/detections (DetectionArray; several candidates per object, best fir
 Out: /gspose/initial_poses (ObjectPoseArray, STATUS_INITIAL, or STATUS_INITIAL_RECUT for re-cut
      masks; per object, the `hypotheses` best distinct hypotheses of its best-checking candidate,
      best first, as consecutive entries with the same object_id, mask and box (the Estimator's
-     choice; a re-cut mask gets one, as the Estimator's second pass), then, for a first pass, the
-     best hypothesis >= 90 deg from those (STATUS_INITIAL_ALTERNATIVE); with the image and
+     choice), then the best hypothesis >= 90 deg from those (STATUS_INITIAL_ALTERNATIVE); for
+     re-cut masks, one entry per mask, its best hypothesis, the best-checking mask first (the
+     Estimator's second pass refines them in that order until one checks out); with the image and
      camera_info for the refiner). Latest wins, per input topic, when detections arrive faster
      than retrieval runs.
 """
@@ -21,8 +22,8 @@ from rclpy.node import Node
 from ..core.errors import InputError
 from ..core.estimator import EstimatorConfig
 from ..core.frontend import make_frontend
-from ..core.retrieve import alternative_hypothesis, distinct_hypotheses
-from ..msg import DetectionArray, ObjectPoseArray, ObjectPoseEstimate
+from ..core.retrieve import align_hypotheses, alternative_hypothesis, distinct_hypotheses
+from ..msg import DetectionArray, ObjectDetection, ObjectPoseArray, ObjectPoseEstimate
 from .common import STAGE_QOS, LatestSlot, RegisteredObjects, declare, declare_frontend, log_counts_periodically, run_nodes
 from .conversions import carried_frame, image_to_mask, matrix_to_pose
 
@@ -74,39 +75,56 @@ class RetrievalNode(Node):
         candidates: dict[str, list] = {}  # the detector sends up to max_candidates per object, best first
         for det in msg.detections:
             candidates.setdefault(det.object_id, []).append(det)
-        # a re-cut mask was cut around a render, not grown by GrabCut from colour: used as is (as
-        # the Estimator's second pass)
-        recut = status == ObjectPoseEstimate.STATUS_INITIAL_RECUT
         for object_id, dets in candidates.items():
             entry = self.objects.get(object_id)
             if entry is None:
                 continue
             obj, prepared = entry
-            n = 1 if recut else self.hypotheses
             try:
-                retrieved = self.frontend.retrieve_best(obj, prepared, rgb, [image_to_mask(d.mask) for d in dets], K,
-                                                        self.top_k, 0.0 if recut else self.opening, n,
-                                                        self.truncated_handicap)
+                masks = [image_to_mask(d.mask) for d in dets]
+                if status == ObjectPoseEstimate.STATUS_INITIAL_RECUT:
+                    sent = self._second_pass(obj, prepared, rgb, K, dets, masks)
+                else:
+                    sent = self._first_pass(obj, prepared, rgb, K, dets, masks)
             except InputError as exc:
                 self.get_logger().warning(f"{object_id}: {exc}", throttle_duration_sec=5.0)
                 continue
-            if retrieved is None:
-                continue
-            index, hypotheses = retrieved
-            det = dets[index]
-            sent = [(h, status) for h in distinct_hypotheses(hypotheses, n)]
-            # the first pass also sends the Estimator's second opinion, which the refiner refines
-            # and keeps by its rules (estimator.seeks_second_opinion, estimator.second_opinion)
-            alternative = None if recut else alternative_hypothesis(hypotheses, [h.T for h, _ in sent])
-            if alternative is not None:
-                sent.append((alternative, ObjectPoseEstimate.STATUS_INITIAL_ALTERNATIVE))
-            for hypothesis, kind in sent:
+            for det, hypothesis, kind in sent:
                 out.poses.append(ObjectPoseEstimate(object_id=object_id, pose=matrix_to_pose(hypothesis.T),
                                                     score=float(det.score), status=kind,
                                                     box=list(det.box), mask=det.mask))
         if out.poses:
             self.pub.publish(out)
             self.sent += 1
+
+    def _first_pass(self, obj, prepared, rgb, K, dets: list[ObjectDetection], masks: list) -> list[tuple]:
+        """(detection, hypothesis, status) to send for one object's candidates: the `hypotheses` best
+        distinct hypotheses of the best-checking candidate, then the Estimator's second opinion, which
+        the refiner refines and keeps by its rules (estimator.seeks_second_opinion, second_opinion)."""
+        retrieved = self.frontend.retrieve_best(obj, prepared, rgb, masks, K, self.top_k, self.opening,
+                                                self.hypotheses, self.truncated_handicap)
+        if retrieved is None:
+            return []
+        index, hypotheses = retrieved
+        best = distinct_hypotheses(hypotheses, self.hypotheses)
+        sent = [(dets[index], h, ObjectPoseEstimate.STATUS_INITIAL) for h in best]
+        alternative = alternative_hypothesis(hypotheses, [h.T for h in best])
+        if alternative is not None:
+            sent.append((dets[index], alternative, ObjectPoseEstimate.STATUS_INITIAL_ALTERNATIVE))
+        return sent
+
+
+    def _second_pass(self, obj, prepared, rgb, K, dets: list[ObjectDetection], masks: list) -> list[tuple]:
+        """(detection, hypothesis, status) to send for one object's re-cut masks: each mask's best
+        hypothesis, the best-checking mask first, which the refiner refines in that order until one
+        checks out (as the Estimator's second pass, Estimator._recut). A re-cut mask was cut around
+        a render, not grown by GrabCut from colour: retrieved on as is (no opening)."""
+        sent = []
+        for index, hypotheses, retrieved_on in self.frontend.retrieve_ranked(obj, prepared, rgb, masks, K, self.top_k,
+                                                                             0.0, self.truncated_handicap):
+            align_hypotheses(obj, rgb, retrieved_on, K, hypotheses, 1)
+            sent.append((dets[index], distinct_hypotheses(hypotheses, 1)[0], ObjectPoseEstimate.STATUS_INITIAL_RECUT))
+        return sent
 
 
 def main(argv=None) -> int:
