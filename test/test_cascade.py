@@ -25,6 +25,7 @@ from gspose_ros.core.estimator import (
     choose_refined,
     refine_and_check,
     second_opinion,
+    second_pass_pose,
     seeks_second_opinion,
 )
 from gspose_ros.core.frontend import COLOUR_KEY, HOLES_KEY, TEXTURE_KEY, WeightFreeFrontEnd, store_detector_model
@@ -491,6 +492,26 @@ def test_a_leaky_detection_mask_is_cut_again_around_a_rough_pose(built_duck, dat
     T_rough = perturb_pose(f.T, np.random.default_rng(1), max_rot_deg=10, max_depth_frac=0.03, max_lateral_frac=0.01)
     cut = cut_around_pose(image, built_duck, T_rough, f.K, SegmentConfig())
     assert mask_iou(cut, gt) > 0.85 and mask_iou(cut, gt) > mask_iou(leaky, gt) + 0.1, (mask_iou(cut, gt), mask_iou(leaky, gt))
+
+
+def test_a_second_pass_pose_counts_only_above_its_bar(built_duck, dataset):
+    """second_pass_pose (Estimator._recut, the refiner node): the pose refined from a re-cut mask's
+    hypothesis comes back with its check against that mask when it reaches the bar, else None."""
+    from gspose_ros.core.geometry import rotation_error_deg
+
+    f = bop.load_split_frames(dataset, "test", 3)[1]
+    image, gt = f.load()
+    box = mask_box(gt)
+    T_near = perturb_pose(f.T, np.random.default_rng(2), max_rot_deg=8, max_depth_frac=0.03, max_lateral_frac=0.01)
+    config = cascade_refine_config()
+    pose = second_pass_pose("duck", built_duck, image, gt, box, f.K, T_near, config, 0.3, 0.8)
+    assert pose is not None and pose.score >= 0.3 and pose.detection_score == 0.8
+    assert np.array_equal(pose.T_initial, T_near) and pose.mask is gt and rotation_error_deg(pose.T, f.T) < 5
+    assert QueryCrop(image, gt, box, f.K).check(built_duck, pose.T).confidence == pytest.approx(pose.score)
+    assert second_pass_pose("duck", built_duck, image, gt, box, f.K, T_near, config, pose.score + 0.01) is None
+    for bad in (-1.0, 181.0, float("nan")):
+        with pytest.raises(InputError, match="recut_agreement_deg"):
+            EstimatorConfig(recut_agreement_deg=bad)
 
 
 def test_of_two_refined_poses_the_one_that_explains_the_detection_is_kept(built_duck, dataset):

@@ -203,6 +203,7 @@ def evaluate_pipeline(args, ids, infos, log):
                                     min_detection_score=args.min_detection_score, min_score=args.min_score,
                                     max_candidates=args.max_candidates, recut_below=args.recut_below,
                                     recut_texture_threshold=args.recut_texture_threshold,
+                                    recut_agreement_deg=args.recut_agreement_deg,
                                     alternative_below=args.alternative_below,
                                     alternative_edge_margin=args.alternative_edge_margin,
                                     hypotheses=args.hypotheses, retrieval_opening=args.retrieval_opening,
@@ -337,6 +338,9 @@ def parse_args(argv=None):
                    help="pipeline: refined poses checking less are reported as not found")
     p.add_argument("--recut-below", type=float, default=EstimatorConfig.recut_below,
                    help="pipeline: poses checking less get a second pass on a mask re-cut around their render (0: none)")
+    p.add_argument("--recut-agreement-deg", type=float, default=EstimatorConfig.recut_agreement_deg,
+                   help="pipeline: a second-pass pose this close to an accepted first pose replaces it when it "
+                        "checks >= --min-score (0: off)")
     p.add_argument("--recut-texture-threshold", type=float, default=EstimatorConfig.recut_texture_threshold,
                    help="pipeline: the second pass also tries the detection trimmed where P(object | texture) is "
                         "below this (0: off)")
