@@ -427,12 +427,12 @@ class Estimator:
             t0 = time.perf_counter()
             index, hypotheses = retrieved
             det = detections[index]
-            best = self._refine_best(registered, image, K, det.mask, det.box, det.score, hypotheses,
-                                     self.config.hypotheses, timings)
+            refined_from = [h.T for h in distinct_hypotheses(hypotheses, self.config.hypotheses)]
+            best = refine_best(object_id, gaussians, image, det.mask, det.box, K, refined_from, self.config.refine,
+                               det.score, timings)
             timings["refine"] = time.perf_counter() - t0
             if seeks_second_opinion(best, self.config):
                 t0 = time.perf_counter()
-                refined_from = [h.T for h in distinct_hypotheses(hypotheses, self.config.hypotheses)]
                 alternative = alternative_hypothesis(hypotheses, refined_from)
                 if alternative is not None:
                     best = second_opinion(gaussians, image, det.mask, det.box, K, best, alternative.T,
@@ -483,11 +483,3 @@ class Estimator:
             if agreeing and agreed is None and rotation_error_deg(second.T, first.T) <= self.config.recut_agreement_deg:
                 agreed = second
         return agreed
-
-    def _refine_best(self, registered: RegisteredObject, image: np.ndarray, K: np.ndarray, mask: np.ndarray, box,
-                     detection_score: float, hypotheses: list[PoseHypothesis], n: int,
-                     timings: dict) -> ObjectPose | None:
-        """refine_best over the best n distinct hypotheses of one mask (both passes use it)."""
-        initial = [h.T for h in distinct_hypotheses(hypotheses, n)]
-        return refine_best(registered.object_id, registered.gaussians, image, mask, box, K, initial, self.config.refine,
-                           detection_score, timings)
