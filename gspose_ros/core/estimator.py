@@ -272,7 +272,6 @@ def second_pass_masks(obj: GaussianObject, image: np.ndarray, mask: np.ndarray, 
     return [(m, mask_box(m)) for m in kept]
 
 
-
 # how much the Gauss-Newton polish may still raise an alternative's 64-px check after Adam: one
 # checking worse than the first pose by more than this plus alternative_margin is not polished.
 # Measured over the 58 alternatives of the 60 test frames (/tmp/ds2, 64 co-segmented refs): the
@@ -284,15 +283,19 @@ POLISH_REACH = 0.05
 def refine_towards(obj: GaussianObject, image: np.ndarray, mask: np.ndarray, box, K: np.ndarray, T_initial: np.ndarray,
                    config: RefineConfig, bar: float) -> tuple[np.ndarray, PoseCheck] | None:
     """Refine T_initial on a detection that its pose must check at least `bar` against to be of
-    use: (T, its check), or None when the refinement diverged or cannot get there. Adam first, and
-    the polish (most of a refinement's time) only when Adam's check is within POLISH_REACH of the
-    bar. Shared by the second opinion and the second pass, whose poses count only above a bar."""
+    use: (T, its check), or None when the refinement diverged or its pose checks below the bar.
+    Adam first, and the polish (most of a refinement's time) only when Adam's check is within
+    POLISH_REACH of the bar. Shared by the second opinion and the second pass, whose poses count
+    only above a bar."""
     query = QueryCrop(image, mask, np.asarray(box, dtype=np.float64), K)
     coarse = refine_pose(obj, image, mask, T_initial, K, config, polish=False)
     if not np.all(np.isfinite(coarse.T)) or query.check(obj, coarse.T).confidence < bar - POLISH_REACH:
         return None
     T = polish_refined(obj, image, mask, K, coarse, config).T
-    return (T, query.check(obj, T)) if np.all(np.isfinite(T)) else None
+    if not np.all(np.isfinite(T)):
+        return None
+    check = query.check(obj, T)
+    return (T, check) if check.confidence >= bar else None
 
 
 def second_pass_pose(object_id: str, obj: GaussianObject, image: np.ndarray, mask: np.ndarray, box, K: np.ndarray,
@@ -303,11 +306,12 @@ def second_pass_pose(object_id: str, obj: GaussianObject, image: np.ndarray, mas
     first pose's check); the refiner node's max(recut_below, min_score). Shared by both, which try
     the masks in the order of retrieval's check until one gives a pose."""
     refined = refine_towards(obj, image, mask, box, K, T_initial, config, bar)
-    if refined is None or refined[1].confidence < bar:
+    if refined is None:
         return None
     T, check = refined
     return ObjectPose(object_id, T, check.confidence, mask, np.asarray(box, dtype=np.float64),
                       timings if timings is not None else {}, check, detection_score, T_initial)
+
 
 def seeks_second_opinion(first: ObjectPose | None, config: EstimatorConfig) -> bool:
     """Whether `first`'s alternative is refined at all (second_opinion): always while the edge rule
@@ -328,7 +332,7 @@ def second_opinion(obj: GaussianObject, image: np.ndarray, mask: np.ndarray, box
     margin = config.alternative_margin
     box = np.asarray(box, dtype=np.float64)
     refined = refine_towards(obj, image, mask, box, K, alternative, refine_config, first.score - margin)
-    if refined is None or refined[1].confidence < first.score - margin:
+    if refined is None:
         return first  # neither rule can take it: spare the fine checks
     T, check = refined
     other = ObjectPose(first.object_id, T, check.confidence, mask, box, first.timings, check, first.detection_score,

@@ -113,7 +113,6 @@ class RetrievalNode(Node):
             sent.append((dets[index], alternative, ObjectPoseEstimate.STATUS_INITIAL_ALTERNATIVE))
         return sent
 
-
     def _second_pass(self, obj, prepared, rgb, K, dets: list[ObjectDetection], masks: list) -> list[tuple]:
         """(detection, hypothesis, status) to send for one object's re-cut masks: each mask's best
         hypothesis, the best-checking mask first, which the refiner refines in that order until one
