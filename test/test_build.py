@@ -24,6 +24,32 @@ def test_build_fits_held_out_views(built, dataset):
     assert obj.meta["n_views"] == 28 and obj.meta["ref_depth_m"] > 0
 
 
+def test_silhouette_keeps_its_size_at_half_the_scale(built):
+    """render.dilation: rendered at half its fitted scale, a 3DGO covers a quarter of the area
+    (its dilation shrinks with the pixels); with the fitted scale's EPS2D kept, the blur is twice as
+    wide on the object and the silhouette fattens, which made refinement and the check at 64 px
+    prefer the object too far away."""
+    import torch
+
+    from gspose_ros.core.geometry import CropWindow
+    from gspose_ros.core.render import EPS2D, dilation, render
+
+    result, held, _ = built
+    obj = result.gaussians
+    assert 0 < obj.meta["fit_pixel_m"] < 0.01  # metres per fitted pixel: a ~1 mm pixel here
+    crop = crop_view(held[0], 128)
+    half = CropWindow(crop.window.x0, crop.window.y0, crop.window.side, 64).crop_intrinsics(held[0].K)
+    assert dilation(obj, crop.T, half) < dilation(obj, crop.T, crop.K)
+
+    def area(K, size, eps2d=None):
+        out = render(obj, torch.from_numpy(crop.T).float(), torch.from_numpy(K).float(), size, size, eps2d=eps2d)
+        return float((out.alpha > 0.5).sum())
+
+    full = area(crop.K, 128)
+    assert abs(4 * area(half, 64) / full - 1) < 0.04
+    assert 4 * area(half, 64, eps2d=EPS2D) / full > 4 * area(half, 64) / full + 0.02
+
+
 def test_visual_hull_contains_object(ref_views):
     crops = [crop_view(v, 96) for v in ref_views[:12]]
     pts, voxel, box = visual_hull(crops, None, 32)

@@ -50,6 +50,11 @@ def test_non_finite_and_wrong_version_rejected(tmp_path):
     save_file(obj.tensors(), str(tmp_path / "v9.safetensors"), metadata={"gspose": json.dumps({"diameter": 1.0, "format_version": 9})})
     with pytest.raises(InputError, match="version"):
         load_gaussians(tmp_path / "v9.safetensors")
+    for bad in (-0.001, "1 mm", float("nan"), True):  # render.dilation's fitted pixel size
+        save_file(obj.tensors(), str(tmp_path / "fit.safetensors"),
+                  metadata={"gspose": json.dumps({"diameter": 1.0, "format_version": 1, "fit_pixel_m": bad})})
+        with pytest.raises(InputError, match="fit_pixel_m"):
+            load_gaussians(tmp_path / "fit.safetensors")
 
 
 def test_shape_checks():

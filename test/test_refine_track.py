@@ -22,7 +22,7 @@ from gspose_ros.core.refine import (
     prepare_query,
     refine_pose,
 )
-from gspose_ros.core.render import render
+from gspose_ros.core.render import EPS2D, render
 from gspose_ros.core.track import Tracker, smooth_trajectory
 
 
@@ -68,7 +68,7 @@ def test_cpu_pose_gradient_equals_autograd(obj, queries, loss):
     out = render(g, apply_delta(T0, rot, trans), K_crop, 64, 64)
     value = appearance_loss(loss, out.rgb, target_rgb) + 3.0 * (out.alpha - target_mask).abs().mean()
     value.backward()
-    ours, grad_rot, grad_trans, alpha = CpuPoseLoss(g, K_crop, 64, target_rgb, target_mask, loss, 3.0)(
+    ours, grad_rot, grad_trans, alpha = CpuPoseLoss(g, K_crop, 64, target_rgb, target_mask, loss, 3.0, EPS2D)(
         f.T, rot.detach().double().numpy(), trans.detach().double().numpy())
     assert abs(ours - float(value.detach())) < 1e-5
     np.testing.assert_allclose(grad_rot, rot.grad.numpy(), rtol=1e-3, atol=1e-4 * np.abs(grad_rot).max())

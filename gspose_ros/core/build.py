@@ -294,6 +294,9 @@ def build_gaussian_object(
         "build_seconds": time.perf_counter() - start,
         # mean reference distance / focal: the retrieval stage scales depth from these
         "ref_depth_m": float(np.mean([v.T[2, 3] for v in views])),
+        # metres per fitted crop pixel at the object's origin (median over the references): the
+        # scale EPS2D held at while fitting, which render.dilation keeps the dilation at
+        "fit_pixel_m": float(np.median([c.T[2, 3] / max(c.K[0, 0], c.K[1, 1]) for c in crops])),
     }
     return BuildResult(final, time.perf_counter() - start, it, loss_value, history)
 

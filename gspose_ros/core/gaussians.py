@@ -170,6 +170,9 @@ def load_gaussians(path: str | os.PathLike, device="cpu") -> GaussianObject:
         raise InputError(f"corrupt 3DGO model file {path}: missing gspose metadata")
     if meta.get("format_version") != FORMAT_VERSION:
         raise InputError(f"3DGO model file {path}: format version {meta.get('format_version')} not supported (want {FORMAT_VERSION})")
+    fit = meta.get("fit_pixel_m")  # optional (render.dilation); older files lack it
+    if fit is not None and (isinstance(fit, bool) or not isinstance(fit, (int, float)) or not 0 < fit < 1e3):
+        raise InputError(f"corrupt 3DGO model file {path}: fit_pixel_m must be a positive number of metres, got {fit!r}")
     missing = {"means", "log_scales", "quats", "opacity_logits", "sh"} - set(tensors)
     if missing:
         raise InputError(f"corrupt 3DGO model file {path}: missing tensors {sorted(missing)}")
