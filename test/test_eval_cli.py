@@ -32,6 +32,10 @@ def test_eval_pipeline_runs_the_cascade_without_ground_truth(dataset, tmp_path, 
     # at least as often as the reported poses do
     assert s["detected"] <= s["candidate_hit"] <= 1.0
     assert data["background_images"] == 1 and data["background_false_positives"] >= 0
+    # one score (or None) per object searched in each clutter image; a reported false pose has one
+    assert len(data["background_scores"]) == 1 and data["absent_object_scores"] == []
+    assert data["background_false_positives"] <= sum(x is not None for x in data["background_scores"])
+    assert all(row["best_score"] is None or row["best_score"] >= row["score"] for row in data["frames"]["3"])
     assert all("det_iou" in row and "timings" in row for row in data["frames"]["3"])
     # every frame is counted once by outcome, and "posed" is exactly the frames within 0.1 d
     assert sum(s["outcomes"].values()) == s["frames"]

@@ -193,6 +193,12 @@ def frame_outcome(detected: bool, candidate_iou: float, posed: bool, rejected_ri
     return "poor mask" if candidate_iou < GOOD_MASK_IOU else "wrong pose"
 
 
+def _report_score(report) -> float | None:
+    """The check score of a search's pose, reported or rejected; None when no candidate gave one."""
+    pose = report.pose if report.pose is not None else report.rejected
+    return None if pose is None else float(pose.score)
+
+
 def evaluate_pipeline(args, ids, infos, log):
     """Every evaluated object registered in one Estimator; each test image is searched for all of them
     (--search all) or for those annotated in it (present)."""
@@ -221,7 +227,7 @@ def evaluate_pipeline(args, ids, infos, log):
         for f in bop.load_split_frames(args.root, args.test_split, obj_id)[: args.max_frames]:
             images.setdefault((f.scene_id, f.im_id), {})[obj_id] = f
     rows = {obj_id: [] for obj_id in ids}
-    false_positives, searches, object_seconds = 0, 0, []
+    false_positives, searches, object_seconds, absent_scores = 0, 0, [], []
     for key in sorted(images):
         present = images[key]
         first = next(iter(present.values()))
@@ -234,6 +240,7 @@ def evaluate_pipeline(args, ids, infos, log):
             object_seconds.append(report.timings["total"])
             if obj_id not in present:
                 false_positives += report.pose is not None
+                absent_scores.append(_report_score(report))
                 continue
             f = present[obj_id]
             judge = truth[obj_id]
@@ -249,6 +256,7 @@ def evaluate_pipeline(args, ids, infos, log):
                 row.update({"det_iou": mask_iou(pose.mask, gt_mask), "score": pose.score,
                             "init": judge.errors(pose.T_initial, f), **judge.errors(pose.T, f)})
                 row["detected"] = row["det_iou"] >= 0.5
+            row["best_score"] = _report_score(report)  # reported or rejected: where the not-found bar cut
             rejected_right = report.rejected is not None and bool(judge.errors(report.rejected.T, f)["add_0.1d"])
             row["outcome"] = frame_outcome(report.detection is not None, row["candidate_iou"], bool(row["add_0.1d"]),
                                            rejected_right)
@@ -258,10 +266,12 @@ def evaluate_pipeline(args, ids, infos, log):
                 f"{report.timings['total']:.2f} s, {row['outcome']}")
     rng = np.random.default_rng(args.seed + 7)
     bg_false = 0
+    background_scores = []
     for _ in range(args.background_images):
         image = synth.random_background(rng, image.shape[1], image.shape[0])
-        found = est.estimate(image, first.K)
-        bg_false += len(found)
+        reports = est.estimate_reports(image, first.K)
+        bg_false += sum(r.pose is not None for r in reports)
+        background_scores += [_report_score(r) for r in reports]
     summaries = []
     for obj_id in ids:
         r = rows[obj_id]
@@ -282,6 +292,9 @@ def evaluate_pipeline(args, ids, infos, log):
     extra = {"absent_object_searches": searches - sum(len(r) for r in rows.values()),
              "absent_object_false_positives": false_positives,
              "background_images": args.background_images, "background_false_positives": bg_false,
+             # the check score of every search's pose where nothing was there to find, reported or
+             # rejected (None: no candidate got that far): what the not-found bar (--min-score) is set against
+             "absent_object_scores": absent_scores, "background_scores": background_scores,
              "estimate_seconds_per_object_mean": float(np.mean(object_seconds)) if object_seconds else None}
     return summaries, rows, extra
 
