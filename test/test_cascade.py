@@ -5,6 +5,7 @@ from dataclasses import replace
 import cv2
 import numpy as np
 import pytest
+from scipy.spatial.transform import Rotation
 
 from gspose_ros.core import bop, metrics, synth
 from gspose_ros.core.detect import (
@@ -22,6 +23,7 @@ from gspose_ros.core.estimator import (
     Estimator,
     EstimatorConfig,
     ObjectPose,
+    challengers,
     choose_refined,
     refine_and_check,
     second_opinion,
@@ -429,7 +431,7 @@ def test_a_flipped_pose_gets_a_second_opinion_by_its_check_or_its_edges(built_du
     well as the truth (frame 2 of this quick fit: 0.69 against 0.69), the clearly-better rule keeps
     the first while the edge rule sees the truth's inner edges match and takes it."""
     from gspose_ros.core.geometry import rotation_error_deg
-    from gspose_ros.core.retrieve import PoseHypothesis, alternative_hypothesis
+    from gspose_ros.core.retrieve import PoseHypothesis, alternative_hypotheses, alternative_hypothesis
 
     config = cascade_refine_config()
 
@@ -445,12 +447,20 @@ def test_a_flipped_pose_gets_a_second_opinion_by_its_check_or_its_edges(built_du
         T, confidence, check = refine_and_check(built_duck, image, gt, box, T, K, config)
         return ObjectPose("duck", T, confidence, gt, box, {}, check)
 
-    score_rule = EstimatorConfig(alternative_edge_margin=0.0)  # the clearly-better rule alone
-    edge_rule = EstimatorConfig(alternative_below=0.0)  # the stronger-edges rule alone
+    # the clearly-better rule alone, below alternative_below
+    score_rule = EstimatorConfig(alternative_edge_margin=0.0, alternative_confident_margin=0.0)
+    edge_rule = EstimatorConfig(alternative_below=0.0, alternative_confident_margin=0.0)  # the stronger-edges rule alone
     f, image, gt, box, flip, near = frame_and_poses(1)
     first_flip = refined(image, gt, box, flip, f.K)
     kept = second_opinion(built_duck, image, gt, box, f.K, first_flip, near, config, score_rule)
     assert kept is not first_flip and rotation_error_deg(kept.T, f.T) < 10 and kept.score > first_flip.score + 0.03
+    # every first pose counts as confident (alternative_below 0): the wider margin decides
+    margin = kept.score - first_flip.score
+    for confident_margin, wins in ((margin - 0.01, True), (margin + 0.01, False), (0.0, False)):
+        confident_rule = EstimatorConfig(alternative_below=0.0, alternative_edge_margin=0.0,
+                                         alternative_confident_margin=confident_margin)
+        again = second_opinion(built_duck, image, gt, box, f.K, first_flip, near, config, confident_rule)
+        assert (again is not first_flip) == wins, confident_margin
     first_right = refined(image, gt, box, near, f.K)
     for rules in (score_rule, edge_rule, EstimatorConfig()):
         assert second_opinion(built_duck, image, gt, box, f.K, first_right, flip, config, rules) is first_right
@@ -467,6 +477,26 @@ def test_a_flipped_pose_gets_a_second_opinion_by_its_check_or_its_edges(built_du
     hypotheses = [PoseHypothesis(T, 0.0, 0.0, 0.0, None) for T in (f.T, near, flip)]
     assert alternative_hypothesis(hypotheses, [f.T]) is hypotheses[2]
     assert alternative_hypothesis(hypotheses[:2], [f.T]) is None
+    # the challengers: the best >= alternative_near_deg away (a neighbouring basin), then the best
+    # >= 90 deg away where that is another hypothesis
+    tilted = f.T.copy()
+    tilted[:3, :3] = Rotation.from_euler("x", 40, degrees=True).as_matrix() @ f.T[:3, :3]
+    ranked = [PoseHypothesis(T, 0.0, 0.0, 0.0, None) for T in (f.T, near, tilted, flip)]
+
+    def picked(got):  # indices into ranked (the hypotheses themselves hold arrays: no ==)
+        return [next(i for i, h in enumerate(ranked + hypotheses) if h is g) for g in got]
+
+    assert picked(alternative_hypotheses(ranked, [f.T])) == [2, 3]
+    assert picked(alternative_hypotheses(ranked, [f.T], near_deg=0.0)) == [3]
+    assert picked(alternative_hypotheses(hypotheses, [f.T])) == [4 + 2]  # the nearest distinct one is the flip
+    assert alternative_hypotheses(hypotheses[:2], [f.T]) == []
+    # a pose that passes min_score is challenged by both; one below it by the flip alone
+    accepted, rejected = (ObjectPose("duck", f.T, score, gt, box, {}) for score in (0.9, 0.6))
+    assert [T is flip for T in challengers(accepted, [tilted, flip], [f.T], EstimatorConfig())] == [False, True]
+    assert [T is flip for T in challengers(rejected, [tilted, flip], [f.T], EstimatorConfig())] == [True]
+    for bad in (-1.0, 90.0, float("nan")):
+        with pytest.raises(InputError, match="alternative_near_deg"):
+            EstimatorConfig(alternative_near_deg=bad)
     with pytest.raises(InputError, match="alternative_margin"):
         EstimatorConfig(alternative_margin=float("nan"))
     for bad in (-0.1, 2.5, float("nan")):
@@ -478,6 +508,10 @@ def test_a_flipped_pose_gets_a_second_opinion_by_its_check_or_its_edges(built_du
     # the edge rule is sought at any confidence; the clearly-better rule alone only below its bar
     confident = ObjectPose("duck", f.T, 0.9, gt, box, {})
     assert seeks_second_opinion(confident, EstimatorConfig()) and not seeks_second_opinion(confident, score_rule)
+    assert seeks_second_opinion(confident, replace(score_rule, alternative_confident_margin=0.06))
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(InputError, match="alternative_confident_margin"):
+            EstimatorConfig(alternative_confident_margin=bad)
     assert seeks_second_opinion(replace(confident, score=0.7), score_rule) and not seeks_second_opinion(None, edge_rule)
 
 

@@ -39,11 +39,21 @@ from .gaussians import GaussianObject
 from .geometry import check_intrinsics, mask_box, mask_iou, rotation_error_deg
 from .refine import RefineConfig, RefineResult, cascade_refine_config, polish_refined, refine_pose
 from .registry import check_object_id
-from .retrieve import CHOOSE_SIZE, PoseCheck, PoseHypothesis, QueryCrop, align_hypotheses, alternative_hypothesis, distinct_hypotheses
+from .retrieve import (
+    ALTERNATIVE_MIN_ANGLE_DEG,
+    CHOOSE_SIZE,
+    PoseCheck,
+    PoseHypothesis,
+    QueryCrop,
+    align_hypotheses,
+    alternative_hypotheses,
+    distinct_hypotheses,
+)
 from .segment import cut_around_pose
 from .views import validate_views
 
-__all__ = ["COLOUR_KEY", "Estimator", "EstimatorConfig", "ObjectPose", "EstimateReport", "build_object", "choose_refined",
+__all__ = ["COLOUR_KEY", "Estimator", "EstimatorConfig", "ObjectPose", "EstimateReport", "build_object", "challengers",
+           "choose_refined",
            "refine_and_check", "refine_best", "refine_towards", "second_opinion", "second_pass_masks", "second_pass_pose",
            "seeks_second_opinion"]
 
@@ -127,7 +137,22 @@ class EstimatorConfig:
     # Since it asks for no better check, it is sought at any confidence. 0 / 0: off
     alternative_below: float = 0.75
     alternative_margin: float = 0.03  # confidence margin of both rules
+    # the first rule at any confidence, with a wider margin: a first pose checking alternative_below
+    # or more gives way to an alternative checking better by this at 64 px (and better at
+    # CHOOSE_SIZE). Measured (RESULTS.md, 180 frames of three scene sets, every alternative refined):
+    # of the right confident first poses, no wrong alternative checked more than 0.019 better (duck
+    # flips); the box's flipped first pose in seed-2 frame 13 checked 0.787, its right alternative
+    # 0.916. 0: off
+    alternative_confident_margin: float = 0.06
     alternative_edge_margin: float = 0.1  # edge-strength margin (PoseCheck.edge_strength at CHOOSE_SIZE)
+    # before the alternative >= 90 deg away, the best hypothesis at least this far from the refined
+    # ones is refined and kept by the same rules (retrieve.alternative_hypotheses): the wrong poses
+    # left with good masks were flips and poses stalled 20-30 deg from the truth, whose next distinct
+    # hypothesis (5-13 deg from it) was never refined. Measured (RESULTS.md, 180 frames of three scene
+    # sets, that hypothesis refined in every frame): kept by the confidence rules in 5 frames, all
+    # right, none wrongly; by the edge rule in 3, all right. One more refinement per detection
+    # (Adam alone where it cannot win, as for the alternative). 0: off
+    alternative_near_deg: float = 30.0
 
     def __post_init__(self):
         if self.hypotheses < 1:
@@ -135,12 +160,15 @@ class EstimatorConfig:
         if not 0.0 <= self.truncated_handicap < 2.0:  # also refuses NaN; 2 = a check score's whole range
             raise InputError(f"truncated_handicap must be in [0, 2) (a PoseCheck.score margin), "
                              f"got {self.truncated_handicap}")
-        for name in ("alternative_below", "alternative_margin"):
+        for name in ("alternative_below", "alternative_margin", "alternative_confident_margin"):
             if not 0.0 <= getattr(self, name) <= 1.0:  # confidences are in [0, 1]; also refuses NaN
                 raise InputError(f"{name} must be in [0, 1] (a pose confidence), got {getattr(self, name)}")
         if not 0.0 <= self.alternative_edge_margin <= 2.0:  # edge strengths are in [-1, 1]; also refuses NaN
             raise InputError(f"alternative_edge_margin must be in [0, 2] (an edge-strength margin), "
                              f"got {self.alternative_edge_margin}")
+        if not 0.0 <= self.alternative_near_deg < ALTERNATIVE_MIN_ANGLE_DEG:  # also refuses NaN
+            raise InputError(f"alternative_near_deg must be in [0, {ALTERNATIVE_MIN_ANGLE_DEG:g}) (a rotation angle "
+                             f"nearer than the alternative's), got {self.alternative_near_deg}")
         if not 0.0 <= self.recut_agreement_deg <= 180.0:  # also refuses NaN
             raise InputError(f"recut_agreement_deg must be in [0, 180] (a rotation angle), got {self.recut_agreement_deg}")
         if not 0.0 <= self.recut_texture_threshold < 1.0:  # a posterior bar; also refuses NaN
@@ -319,21 +347,43 @@ def second_pass_pose(object_id: str, obj: GaussianObject, image: np.ndarray, mas
 
 def seeks_second_opinion(first: ObjectPose | None, config: EstimatorConfig) -> bool:
     """Whether `first`'s alternative is refined at all (second_opinion): always while the edge rule
-    is on, otherwise only for a pose checking below alternative_below. Shared by the Estimator
-    and the refiner node."""
-    return first is not None and (config.alternative_edge_margin > 0 or first.score < config.alternative_below)
+    or the confident-pose rule is on, otherwise only for a pose checking below alternative_below.
+    Shared by the Estimator and the refiner node."""
+    return first is not None and (config.alternative_edge_margin > 0 or config.alternative_confident_margin > 0
+                                  or first.score < config.alternative_below)
+
+
+def challengers(first: ObjectPose, alternatives: list[np.ndarray], refined_from: list[np.ndarray],
+                config: EstimatorConfig) -> list[np.ndarray]:
+    """The alternatives (retrieve.alternative_hypotheses, nearer first) that second_opinion
+    challenges `first` with: all of them for a pose checking min_score or more, for one below only
+    those >= ALTERNATIVE_MIN_ANGLE_DEG from every hypothesis refined (flips). The nearer one,
+    refined on an absent object's blob, lifted its check over min_score (seed 1 of RESULTS.md: 1
+    of 120 searches) and rescued no rejected right pose there. Shared by the Estimator and the
+    refiner node."""
+    if first.score >= config.min_score:
+        return list(alternatives)
+    return [T for T in alternatives
+            if all(rotation_error_deg(T, R) >= ALTERNATIVE_MIN_ANGLE_DEG for R in refined_from)]
 
 
 def second_opinion(obj: GaussianObject, image: np.ndarray, mask: np.ndarray, box, K: np.ndarray, first: ObjectPose,
                    alternative: np.ndarray, refine_config: RefineConfig, config: EstimatorConfig) -> ObjectPose:
     """`first`, or the pose refined from `alternative` (a hypothesis far from first's, see
     retrieve.alternative_hypothesis) when that explains the detection better by one of
-    EstimatorConfig's two rules: a clearly better check (for a first pose below
-    alternative_below; also at CHOOSE_SIZE, since the near-symmetric duck's flips check about as
-    well as its right poses), or as good a check with clearly stronger matching inner edges at
+    EstimatorConfig's two rules: a clearly better check (by alternative_margin for a first pose
+    below alternative_below, by alternative_confident_margin above it; also at CHOOSE_SIZE, since
+    the near-symmetric duck's flips check about as well as its right poses), or as good a check
+    with clearly stronger matching inner edges at
     CHOOSE_SIZE (edge strength, which the query's light changes little: a flip puts the beak, the
     bracket's bends, where the query has none). Shared by the Estimator and the refiner node."""
     margin = config.alternative_margin
+    # the check the alternative needs to win by either score rule (inf: neither applies to `first`)
+    if first.score < config.alternative_below:
+        clear_bar = first.score + margin
+    else:
+        clear_bar = first.score + config.alternative_confident_margin if config.alternative_confident_margin > 0 \
+            else np.inf
     box = np.asarray(box, dtype=np.float64)
     refined = refine_towards(obj, image, mask, box, K, alternative, refine_config, first.score - margin)
     if refined is None:
@@ -343,7 +393,7 @@ def second_opinion(obj: GaussianObject, image: np.ndarray, mask: np.ndarray, box
                        alternative)
     fine = QueryCrop(image, mask, box, K, size=CHOOSE_SIZE)
     mine, theirs = fine.check(obj, first.T), fine.check(obj, other.T)
-    clearer = first.score < config.alternative_below and other.score > first.score + margin and theirs.score > mine.score
+    clearer = other.score > clear_bar and theirs.score > mine.score
     sharper = config.alternative_edge_margin > 0 and \
         theirs.edge_strength > mine.edge_strength + config.alternative_edge_margin
     return other if clearer or sharper else first
@@ -441,9 +491,10 @@ class Estimator:
             timings["refine"] = time.perf_counter() - t0
             if seeks_second_opinion(best, self.config):
                 t0 = time.perf_counter()
-                alternative = alternative_hypothesis(hypotheses, refined_from)
-                if alternative is not None:
-                    best = second_opinion(gaussians, image, det.mask, det.box, K, best, alternative.T,
+                alternatives = [h.T for h in alternative_hypotheses(hypotheses, refined_from,
+                                                                    self.config.alternative_near_deg)]
+                for alternative in challengers(best, alternatives, refined_from, self.config):
+                    best = second_opinion(gaussians, image, det.mask, det.box, K, best, alternative,
                                           self.config.refine, self.config)
                 timings["alternative"] = time.perf_counter() - t0
         if best is not None and best.score < self.config.recut_below:

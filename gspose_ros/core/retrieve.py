@@ -382,6 +382,21 @@ def alternative_hypothesis(hypotheses: list[PoseHypothesis], refined: list[np.nd
                  if all(rotation_error_deg(h.T, T) >= min_angle_deg for T in refined)), None)
 
 
+def alternative_hypotheses(hypotheses: list[PoseHypothesis], refined: list[np.ndarray],
+                           near_deg: float = 30.0) -> list[PoseHypothesis]:
+    """The hypotheses a refined pose is challenged with (estimator.second_opinion), in order: the
+    best-ranked one at least near_deg from every pose in `refined` (0: none), a neighbouring basin
+    that refinement from a hypothesis ~30 deg off does not reach, then the best-ranked one at least
+    ALTERNATIVE_MIN_ANGLE_DEG away (a flip) when that is another."""
+    near = alternative_hypothesis(hypotheses, refined, near_deg) if near_deg > 0 else None
+    far = alternative_hypothesis(hypotheses, refined)
+    picked: list[PoseHypothesis] = []
+    for h in (near, far):
+        if h is not None and all(h is not p for p in picked):
+            picked.append(h)
+    return picked
+
+
 def retrieve_pose(obj: GaussianObject, bank: TemplateBank, image: np.ndarray, mask: np.ndarray, K: np.ndarray,
                   top_k: int = 32, descriptor: np.ndarray | None = None, aligned: int = 1) -> list[PoseHypothesis]:
     """Pose hypotheses for the masked object in `image` (HxWx3 uint8 RGB), best first.

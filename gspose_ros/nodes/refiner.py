@@ -5,7 +5,7 @@ In:  /gspose/initial_poses (ObjectPoseArray with image, camera_info and masks; c
      entries of one object are hypotheses of one detection, best first: each is refined and the
      best-checking one kept, estimator.refine_best; an entry with STATUS_INITIAL_ALTERNATIVE is
      refined too and kept by estimator.second_opinion's rules, alternative_below /
-     alternative_margin / alternative_edge_margin), and
+     alternative_margin / alternative_confident_margin / alternative_edge_margin), and
      the camera (/camera/image_raw +
      /camera/camera_info) for tracking.
 Out: /object_pose (geometry_msgs/PoseStamped: T_camera_object of `target_object`, or of
@@ -41,6 +41,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 from ..core.errors import InputError
 from ..core.estimator import (
     EstimatorConfig,
+    challengers,
     refine_best,
     second_opinion,
     second_pass_masks,
@@ -110,17 +111,23 @@ class RefinerNode(Node):
         alternative_margin = declare(self, "alternative_margin", EstimatorConfig.alternative_margin,
                                      "Confidence margin of the alternative's rules: better by this to win on its "
                                      "check, within this to win on its edges")
+        alternative_confident_margin = declare(self, "alternative_confident_margin",
+                                               EstimatorConfig.alternative_confident_margin,
+                                               "A pose checking alternative_below or more gives way to the "
+                                               "alternative if that checks better by this (0: off)")
         alternative_edge_margin = declare(self, "alternative_edge_margin", EstimatorConfig.alternative_edge_margin,
                                           "The alternative, checking within alternative_margin, also wins when its "
-                                          "inner edges match the image better by this at 128 px (0: off; then the "
-                                          "alternative is refined only below alternative_below)")
+                                          "inner edges match the image better by this at 128 px (0: off; with "
+                                          "alternative_confident_margin 0 too, the alternative is refined only "
+                                          "below alternative_below)")
         recut_texture_threshold = declare(self, "recut_texture_threshold", EstimatorConfig.recut_texture_threshold,
                                           "The second pass also sends a textured object's detection trimmed to its "
                                           "texture: parts with P(object | texture) below this are cut (0: off)")
         # the Estimator's rules and their checks (confidences in [0, 1], the edge margin in [0, 2]);
         # the second pass's masks are cut with its default front end's segmentation settings
-        self.estimator_config = EstimatorConfig(alternative_below=alternative_below,
+        self.estimator_config = EstimatorConfig(min_score=self.min_score, alternative_below=alternative_below,
                                                 alternative_margin=alternative_margin,
+                                                alternative_confident_margin=alternative_confident_margin,
                                                 alternative_edge_margin=alternative_edge_margin,
                                                 recut_texture_threshold=recut_texture_threshold)
         self.tracking = declare(self, "tracking", True, "Track found objects frame to frame (else refine every detection)")
@@ -213,9 +220,10 @@ class RefinerNode(Node):
                 return None if best is None else (best.T, best.score, est.box)
             best = refine_best(object_id, obj, rgb, mask, est.box, K, initial, self.refine_config)
             if alternatives and mask is not None and seeks_second_opinion(best, self.estimator_config):
-                best = second_opinion(obj, rgb, mask, est.box, K, best,
-                                      pose_to_matrix(alternatives[0].pose, f"{object_id} alternative pose"),
-                                      self.refine_config, self.estimator_config)
+                offered = [pose_to_matrix(a.pose, f"{object_id} alternative pose") for a in alternatives]
+                for alternative in challengers(best, offered, initial, self.estimator_config):  # nearer first
+                    best = second_opinion(obj, rgb, mask, est.box, K, best, alternative, self.refine_config,
+                                          self.estimator_config)
         except InputError as exc:
             self.get_logger().warning(f"{object_id}: {exc}", throttle_duration_sec=5.0)
             return None

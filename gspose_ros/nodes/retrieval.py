@@ -6,7 +6,9 @@ In:  /gspose/detections (DetectionArray; several candidates per object, best fir
 Out: /gspose/initial_poses (ObjectPoseArray, STATUS_INITIAL, or STATUS_INITIAL_RECUT for re-cut
      masks; per object, the `hypotheses` best distinct hypotheses of its best-checking candidate,
      best first, as consecutive entries with the same object_id, mask and box (the Estimator's
-     choice), then the best hypothesis >= 90 deg from those (STATUS_INITIAL_ALTERNATIVE); for
+     choice), then the alternatives the refiner challenges the refined pose with, the best
+     hypothesis >= `alternative_near_deg` from those and the best >= 90 deg from them
+     (STATUS_INITIAL_ALTERNATIVE, in that order; retrieve.alternative_hypotheses); for
      re-cut masks, one entry per mask, its best hypothesis, the best-checking mask first (the
      Estimator's second pass refines them in that order until one checks out); with the image and
      camera_info for the refiner). Latest wins, per input topic, when detections arrive faster
@@ -22,7 +24,7 @@ from rclpy.node import Node
 from ..core.errors import InputError
 from ..core.estimator import EstimatorConfig
 from ..core.frontend import make_frontend
-from ..core.retrieve import align_hypotheses, alternative_hypothesis, distinct_hypotheses
+from ..core.retrieve import align_hypotheses, alternative_hypotheses, distinct_hypotheses
 from ..msg import DetectionArray, ObjectDetection, ObjectPoseArray, ObjectPoseEstimate
 from .common import STAGE_QOS, LatestSlot, RegisteredObjects, declare, declare_frontend, log_counts_periodically, run_nodes
 from .conversions import carried_frame, image_to_mask, matrix_to_pose
@@ -42,9 +44,13 @@ class RetrievalNode(Node):
         self.truncated_handicap = declare(self, "truncated_handicap", EstimatorConfig.truncated_handicap,
                                           "Check-score margin a detection mask cut off by the image border "
                                           "needs over a whole one to be chosen")
-        # the Estimator's checks: hypotheses >= 1, retrieval_opening in [0, 0.5), truncated_handicap in [0, 2)
+        self.near_deg = declare(self, "alternative_near_deg", EstimatorConfig.alternative_near_deg,
+                                "Before the alternative >= 90 deg away, the best hypothesis this far (deg) from "
+                                "the sent ones is sent as an alternative too (0: off)")
+        # the Estimator's checks: hypotheses >= 1, retrieval_opening in [0, 0.5), truncated_handicap in [0, 2),
+        # alternative_near_deg in [0, 90)
         EstimatorConfig(hypotheses=self.hypotheses, retrieval_opening=self.opening,
-                        truncated_handicap=self.truncated_handicap)
+                        truncated_handicap=self.truncated_handicap, alternative_near_deg=self.near_deg)
         self.get_logger().info(f"{self.hypotheses} distinct hypotheses per detection")
         self.frontend = make_frontend(declare_frontend(self, retrieval=True))
         self.objects = RegisteredObjects(self, registry_dir, lambda _id, obj: (obj, self.frontend.prepare(obj)))
@@ -99,8 +105,8 @@ class RetrievalNode(Node):
 
     def _first_pass(self, obj, prepared, rgb, K, dets: list[ObjectDetection], masks: list) -> list[tuple]:
         """(detection, hypothesis, status) to send for one object's candidates: the `hypotheses` best
-        distinct hypotheses of the best-checking candidate, then the Estimator's second opinion, which
-        the refiner refines and keeps by its rules (estimator.seeks_second_opinion, second_opinion)."""
+        distinct hypotheses of the best-checking candidate, then the Estimator's alternatives, which
+        the refiner refines in turn and keeps by its rules (estimator.seeks_second_opinion, second_opinion)."""
         retrieved = self.frontend.retrieve_best(obj, prepared, rgb, masks, K, self.top_k, self.opening,
                                                 self.hypotheses, self.truncated_handicap)
         if retrieved is None:
@@ -108,8 +114,7 @@ class RetrievalNode(Node):
         index, hypotheses = retrieved
         best = distinct_hypotheses(hypotheses, self.hypotheses)
         sent = [(dets[index], h, ObjectPoseEstimate.STATUS_INITIAL) for h in best]
-        alternative = alternative_hypothesis(hypotheses, [h.T for h in best])
-        if alternative is not None:
+        for alternative in alternative_hypotheses(hypotheses, [h.T for h in best], self.near_deg):
             sent.append((dets[index], alternative, ObjectPoseEstimate.STATUS_INITIAL_ALTERNATIVE))
         return sent
 

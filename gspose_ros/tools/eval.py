@@ -211,7 +211,9 @@ def evaluate_pipeline(args, ids, infos, log):
                                     recut_texture_threshold=args.recut_texture_threshold,
                                     recut_agreement_deg=args.recut_agreement_deg,
                                     alternative_below=args.alternative_below,
+                                    alternative_confident_margin=args.alternative_confident_margin,
                                     alternative_edge_margin=args.alternative_edge_margin,
+                                    alternative_near_deg=args.alternative_near_deg,
                                     hypotheses=args.hypotheses, retrieval_opening=args.retrieval_opening,
                                     truncated_handicap=args.truncated_handicap))
     # per object, once: what its poses and masks are judged by
@@ -360,6 +362,13 @@ def parse_args(argv=None):
     p.add_argument("--alternative-below", type=float, default=EstimatorConfig.alternative_below,
                    help="pipeline: first poses checking less give way to the best hypothesis >= 90 deg away if it "
                         "checks clearly better (0: off)")
+    p.add_argument("--alternative-confident-margin", type=float,
+                   default=EstimatorConfig.alternative_confident_margin,
+                   help="pipeline: first poses checking --alternative-below or more give way to the alternative "
+                        "if it checks better by this (0: off)")
+    p.add_argument("--alternative-near-deg", type=float, default=EstimatorConfig.alternative_near_deg,
+                   help="pipeline: the best hypothesis this far from the refined one is challenged with too, "
+                        "before the one >= 90 deg away (0: off)")
     p.add_argument("--alternative-edge-margin", type=float, default=EstimatorConfig.alternative_edge_margin,
                    help="pipeline: the alternative checking about as well also wins when its inner edges match "
                         "better by this at 128 px (0: off)")
