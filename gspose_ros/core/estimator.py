@@ -123,8 +123,8 @@ class EstimatorConfig:
     recut_texture_threshold: float = 0.5
     # a first pose's alternative, the best hypothesis >= 90 deg from it (retrieve.alternative_hypothesis),
     # is refined too (second_opinion) and kept when it either checks clearly better (the first
-    # checking below alternative_below: better by alternative_margin at the check's 64 px and
-    # better at CHOOSE_SIZE), or checks about as well (within alternative_margin at 64 px) with inner
+    # checking below alternative_below: better by alternative_margin at the check's 64 px and at
+    # CHOOSE_SIZE), or checks about as well (within alternative_margin at 64 px) with inner
     # edges that match the query's clearly better at CHOOSE_SIZE (edge strength higher by
     # alternative_edge_margin). Runs before the re-cut, which then starts from whichever was kept.
     # Most wrong poses with right masks are flips whose hypothesis was never refined. Measured
@@ -134,12 +134,13 @@ class EstimatorConfig:
     # the right alternatives' edge strength exceeded their flipped first poses' by 0.28 (bracket) and
     # 0.20 (duck) with 64-px checks 0.004 and 0.019 worse; of the 42 right first poses whose
     # alternative checked within 0.03, none had an alternative with stronger edges (at best -0.17).
-    # Since it asks for no better check, it is sought at any confidence. 0 / 0: off
+    # Since it asks for no better check, it is sought at any confidence. 0 / 0 (and
+    # alternative_confident_margin 0): off
     alternative_below: float = 0.75
     alternative_margin: float = 0.03  # confidence margin of both rules
     # the first rule at any confidence, with a wider margin: a first pose checking alternative_below
-    # or more gives way to an alternative checking better by this at 64 px (and better at
-    # CHOOSE_SIZE). Measured (RESULTS.md, 180 frames of three scene sets, every alternative refined):
+    # or more gives way to an alternative checking better by this at 64 px and at CHOOSE_SIZE.
+    # Measured (RESULTS.md, 180 frames of three scene sets, every alternative refined):
     # of the right confident first poses, no wrong alternative checked more than 0.019 better (duck
     # flips); the box's flipped first pose in seed-2 frame 13 checked 0.787, its right alternative
     # 0.916. 0: off
@@ -372,18 +373,20 @@ def second_opinion(obj: GaussianObject, image: np.ndarray, mask: np.ndarray, box
     """`first`, or the pose refined from `alternative` (a hypothesis far from first's, see
     retrieve.alternative_hypothesis) when that explains the detection better by one of
     EstimatorConfig's two rules: a clearly better check (by alternative_margin for a first pose
-    below alternative_below, by alternative_confident_margin above it; also at CHOOSE_SIZE, since
-    the near-symmetric duck's flips check about as well as its right poses), or as good a check
+    below alternative_below, by alternative_confident_margin above it, at 64 px and at CHOOSE_SIZE,
+    since the near-symmetric duck's flips check about as well as its right poses), or as good a check
     with clearly stronger matching inner edges at
     CHOOSE_SIZE (edge strength, which the query's light changes little: a flip puts the beak, the
     bracket's bends, where the query has none). Shared by the Estimator and the refiner node."""
     margin = config.alternative_margin
-    # the check the alternative needs to win by either score rule (inf: neither applies to `first`)
+    # the margin the alternative must check better by, at 64 px and at CHOOSE_SIZE (inf: no score
+    # rule applies to `first`). At CHOOSE_SIZE too: the duck's right first pose in seed-3 frame 2
+    # (RESULTS.md) lost to a wrong alternative 0.037 better at 64 px and 0.005 at 128 px; the
+    # alternatives that replaced wrong poses in seeds 0-2 were >= 0.056 better at 128 px
     if first.score < config.alternative_below:
-        clear_bar = first.score + margin
+        needed = margin
     else:
-        clear_bar = first.score + config.alternative_confident_margin if config.alternative_confident_margin > 0 \
-            else np.inf
+        needed = config.alternative_confident_margin if config.alternative_confident_margin > 0 else np.inf
     box = np.asarray(box, dtype=np.float64)
     refined = refine_towards(obj, image, mask, box, K, alternative, refine_config, first.score - margin)
     if refined is None:
@@ -393,7 +396,7 @@ def second_opinion(obj: GaussianObject, image: np.ndarray, mask: np.ndarray, box
                        alternative)
     fine = QueryCrop(image, mask, box, K, size=CHOOSE_SIZE)
     mine, theirs = fine.check(obj, first.T), fine.check(obj, other.T)
-    clearer = other.score > clear_bar and theirs.score > mine.score
+    clearer = other.score > first.score + needed and theirs.confidence > mine.confidence + needed
     sharper = config.alternative_edge_margin > 0 and \
         theirs.edge_strength > mine.edge_strength + config.alternative_edge_margin
     return other if clearer or sharper else first

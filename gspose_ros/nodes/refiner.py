@@ -107,14 +107,15 @@ class RefinerNode(Node):
                                    "whose pose must check at least this well (0: no second pass)")
         alternative_below = declare(self, "alternative_below", EstimatorConfig.alternative_below,
                                     "A refined pose checking below this gives way to the detection's alternative "
-                                    "hypothesis (>= 90 deg away) if that checks clearly better (0: off)")
+                                    "hypotheses if one checks better by alternative_margin at 64 and 128 px (0: none; "
+                                    "alternative_confident_margin applies above it)")
         alternative_margin = declare(self, "alternative_margin", EstimatorConfig.alternative_margin,
                                      "Confidence margin of the alternative's rules: better by this to win on its "
                                      "check, within this to win on its edges")
         alternative_confident_margin = declare(self, "alternative_confident_margin",
                                                EstimatorConfig.alternative_confident_margin,
-                                               "A pose checking alternative_below or more gives way to the "
-                                               "alternative if that checks better by this (0: off)")
+                                               "A pose checking alternative_below or more gives way to an "
+                                               "alternative checking better by this at 64 and 128 px (0: off)")
         alternative_edge_margin = declare(self, "alternative_edge_margin", EstimatorConfig.alternative_edge_margin,
                                           "The alternative, checking within alternative_margin, also wins when its "
                                           "inner edges match the image better by this at 128 px (0: off; with "

@@ -360,8 +360,8 @@ def parse_args(argv=None):
                    help="pipeline: the second pass also tries the detection trimmed where P(object | texture) is "
                         "below this (0: off)")
     p.add_argument("--alternative-below", type=float, default=EstimatorConfig.alternative_below,
-                   help="pipeline: first poses checking less give way to the best hypothesis >= 90 deg away if it "
-                        "checks clearly better (0: off)")
+                   help="pipeline: first poses checking less give way to an alternative hypothesis checking better "
+                        "by 0.03 at 64 and 128 px (above it: --alternative-confident-margin)")
     p.add_argument("--alternative-confident-margin", type=float,
                    default=EstimatorConfig.alternative_confident_margin,
                    help="pipeline: first poses checking --alternative-below or more give way to the alternative "
