@@ -48,6 +48,7 @@ from .retrieve import (
     align_hypotheses,
     alternative_hypotheses,
     distinct_hypotheses,
+    far_from,
 )
 from .segment import cut_around_pose
 from .views import validate_views
@@ -364,8 +365,7 @@ def challengers(first: ObjectPose, alternatives: list[np.ndarray], refined_from:
     refiner node."""
     if first.score >= config.min_score:
         return list(alternatives)
-    return [T for T in alternatives
-            if all(rotation_error_deg(T, R) >= ALTERNATIVE_MIN_ANGLE_DEG for R in refined_from)]
+    return [T for T in alternatives if far_from(T, refined_from, ALTERNATIVE_MIN_ANGLE_DEG)]
 
 
 def second_opinion(obj: GaussianObject, image: np.ndarray, mask: np.ndarray, box, K: np.ndarray, first: ObjectPose,

@@ -355,6 +355,11 @@ def hypothesis_score(similarity: float, check: PoseCheck) -> float:
     return 2.0 * check.iou + 2.0 * similarity - 3.0 * check.chroma_error + 0.5 * check.edge_strength
 
 
+def far_from(T: np.ndarray, others, min_angle_deg: float) -> bool:
+    """Whether rotation T is at least min_angle_deg from every pose in `others` (true for none)."""
+    return all(rotation_error_deg(T, other) >= min_angle_deg for other in others)
+
+
 def distinct_hypotheses(hypotheses: list[PoseHypothesis], n: int, min_angle_deg: float = 30.0) -> list[PoseHypothesis]:
     """The first n hypotheses (in ranking order) whose rotations differ pairwise by at least
     min_angle_deg: neighbouring templates (~10 deg apart) refine to the same pose, so refining
@@ -363,7 +368,7 @@ def distinct_hypotheses(hypotheses: list[PoseHypothesis], n: int, min_angle_deg:
     for h in hypotheses:
         if len(picked) >= n:
             break
-        if all(rotation_error_deg(h.T, p.T) >= min_angle_deg for p in picked):
+        if far_from(h.T, [p.T for p in picked], min_angle_deg):
             picked.append(h)
     return picked
 
@@ -379,7 +384,7 @@ def alternative_hypothesis(hypotheses: list[PoseHypothesis], refined: list[np.nd
     """The best-ranked hypothesis at least min_angle_deg from every pose in `refined` (those the
     first refinement started from): a second opinion for a pose that checks poorly."""
     return next((h for h in hypotheses
-                 if all(rotation_error_deg(h.T, T) >= min_angle_deg for T in refined)), None)
+                 if far_from(h.T, refined, min_angle_deg)), None)
 
 
 def alternative_hypotheses(hypotheses: list[PoseHypothesis], refined: list[np.ndarray],
@@ -390,10 +395,9 @@ def alternative_hypotheses(hypotheses: list[PoseHypothesis], refined: list[np.nd
     ALTERNATIVE_MIN_ANGLE_DEG away (a flip) when that is another."""
     near = alternative_hypothesis(hypotheses, refined, near_deg) if near_deg > 0 else None
     far = alternative_hypothesis(hypotheses, refined)
-    picked: list[PoseHypothesis] = []
-    for h in (near, far):
-        if h is not None and all(h is not p for p in picked):
-            picked.append(h)
+    picked = [near] if near is not None else []
+    if far is not None and far is not near:
+        picked.append(far)
     return picked
 
 
