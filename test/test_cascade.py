@@ -8,15 +8,19 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from gspose_ros.core import bop, metrics, synth
+from gspose_ros.core.colour import N_HS, TEXTURE_EDGES
 from gspose_ros.core.detect import (
     DetectorConfig,
     _sure_core,
     colour_model,
+    colour_similarity,
     detect,
+    detection_score,
     hole_fraction,
     object_probability,
     texture_model,
     texture_trim,
+    view_models,
 )
 from gspose_ros.core.errors import InputError
 from gspose_ros.core.estimator import (
@@ -30,7 +34,16 @@ from gspose_ros.core.estimator import (
     second_pass_pose,
     seeks_second_opinion,
 )
-from gspose_ros.core.frontend import COLOUR_KEY, HOLES_KEY, TEXTURE_KEY, WeightFreeFrontEnd, store_detector_model
+from gspose_ros.core.frontend import (
+    COLOUR_KEY,
+    HOLES_KEY,
+    TEXTURE_KEY,
+    VIEW_COLOURS_KEY,
+    VIEW_TEXTURES_KEY,
+    WeightFreeFrontEnd,
+    store_detector_model,
+)
+from gspose_ros.core.gaussians import load_gaussians, save_gaussians
 from gspose_ros.core.geometry import mask_box, mask_iou
 from gspose_ros.core.refine import cascade_refine_config, perturb_pose
 from gspose_ros.core.registry import check_object_id
@@ -217,6 +230,65 @@ def test_an_object_with_a_real_hole_keeps_it():
     assert as_ring and not as_ring[0].mask[through].any() and mask_iou(as_ring[0].mask, ring) > 0.9
     as_disc = detect(image, model, DetectorConfig())  # taken for a solid object: the hole is filled
     assert as_disc and as_disc[0].mask[through].all()
+
+
+def test_a_mask_showing_one_side_scores_against_the_views_that_show_it():
+    """An object red on one side and blue on the other, seen from each side once: a query mask
+    that shows only the red side matches the red view fully, while the pooled histogram of both
+    views dilutes it (Bhattacharyya sqrt(1/2)); a grey blob matches no view. Views with an empty
+    mask are left out, and a view set with no object pixels at all is refused."""
+    red, blue = np.zeros((64, 64, 3), np.uint8), np.zeros((64, 64, 3), np.uint8)
+    red[...] = (200, 30, 30)
+    blue[...] = (30, 30, 200)
+    full = np.ones((64, 64), bool)
+    pooled = colour_model([red, blue], [full, full])
+    views = view_models([red, blue, blue], [full, full, np.zeros_like(full)])
+    assert len(views.colours) == 2 and views.textures.shape == (2, len(TEXTURE_EDGES) + 1)
+    per_view = detection_score(red, full, pooled, None, views, DetectorConfig(score_views=1))
+    pooled_score = detection_score(red, full, pooled, None, None, DetectorConfig())
+    assert pooled_score == pytest.approx(colour_similarity(colour_model([red], [full]), pooled))
+    assert per_view == pytest.approx(1.0, abs=1e-3) and pooled_score == pytest.approx(np.sqrt(0.5), abs=0.02)
+    # the mean of the best two views: the blue one, which shares no colour with it, halves it
+    both = detection_score(red, full, pooled, None, views, DetectorConfig(score_views=2))
+    assert both == pytest.approx(0.5, abs=1e-3)
+    grey = np.full((64, 64, 3), 128, np.uint8)
+    assert detection_score(grey, full, pooled, None, views, DetectorConfig(score_views=1)) < 0.2
+    with pytest.raises(InputError, match="no object pixels"):
+        view_models([red], [np.zeros_like(full)])
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(InputError, match="score_views"):
+            DetectorConfig(score_views=bad)
+
+
+def test_per_view_models_are_stored_and_checked(built_duck, duck_refs, tmp_path):
+    """store_detector_model keeps one colour and texture model per reference view, which
+    survive the 3DGO file; an older 3DGO without them is scored on its pooled models; corrupt
+    ones are refused by name."""
+    _, loaded = duck_refs
+    obj = built_duck.to("cpu")
+    obj.meta = dict(built_duck.meta)
+    store_detector_model(obj, [i for i, _ in loaded], [m for _, m in loaded])
+    save_gaussians(obj, str(tmp_path / "duck.safetensors"))
+    frontend = WeightFreeFrontEnd()
+    prepared = frontend.prepare(load_gaussians(str(tmp_path / "duck.safetensors")), with_bank=False)
+    assert prepared.views.colours.shape == (len(loaded), N_HS)
+    assert np.allclose(prepared.views.colours.sum(axis=1), 1.0, atol=1e-3)
+    image, mask = loaded[0]
+    found = frontend.detect(image, prepared)
+    assert found and found[0].score > 0.85 and mask_iou(found[0].mask, mask > 0) > 0.8
+    del obj.meta[VIEW_COLOURS_KEY]
+    assert frontend.prepare(obj, with_bank=False).views is None
+    for key, bad, match in ((VIEW_COLOURS_KEY, [[1.0] * 7], "colour"), (VIEW_COLOURS_KEY, [[float("nan")] * N_HS], "colour"),
+                            (VIEW_COLOURS_KEY, "red", "colour"), (VIEW_TEXTURES_KEY, [[-1.0] * 6] * len(loaded), "texture")):
+        obj.meta = dict(built_duck.meta)
+        store_detector_model(obj, [i for i, _ in loaded], [m for _, m in loaded])
+        obj.meta[key] = bad
+        with pytest.raises(InputError, match=f"per-view detector {match}"):
+            frontend.prepare(obj, with_bank=False)
+    obj.meta[VIEW_TEXTURES_KEY] = [[1.0] * 6]
+    obj.meta[VIEW_COLOURS_KEY] = [[1.0] * N_HS] * 2
+    with pytest.raises(InputError, match="2 per-view colour models but 1 texture"):
+        frontend.prepare(obj, with_bank=False)
 
 
 def test_the_hole_fraction_is_stored_and_checked(built_duck, duck_refs):

@@ -36,6 +36,7 @@ def histogram(bins: np.ndarray, weights: np.ndarray | None, n_bins: int) -> np.n
 
 
 N_HSV = int(np.prod(HSV_BINS))
+N_HS = HSV_BINS[0] * HSV_BINS[1]  # the hue x saturation marginal (detect.hue_saturation)
 N_RGB = RGB_BINS**3
 
 # local texture: the grey level's standard deviation in a 5x5 window, in bins split at these

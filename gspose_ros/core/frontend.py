@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .colour import N_HSV, N_TEXTURE
-from .detect import Detection, DetectorConfig, colour_model, detect, hole_fraction, texture_model, touches_border
+from .colour import N_HS, N_HSV, N_TEXTURE
+from .detect import Detection, DetectorConfig, ViewModels, colour_model, detect, hole_fraction, texture_model, touches_border, view_models
 from .errors import InputError
 from .gaussians import GaussianObject
 from .retrieve import PoseHypothesis, TemplateBank, align_hypotheses, build_template_bank, retrieve_pose
@@ -31,6 +31,9 @@ TRUNCATED_HANDICAP = 0.1
 COLOUR_KEY = "detector_colour_hsv"
 TEXTURE_KEY = "detector_texture"  # absent from 3DGOs registered before it: they are detected by colour alone
 HOLES_KEY = "detector_hole_fraction"  # absent from older 3DGOs: taken as 0 (no holes), as they were detected
+# per-view models (detect.ViewModels): absent from older 3DGOs, whose masks are scored against the pooled models
+VIEW_COLOURS_KEY = "detector_view_colours"
+VIEW_TEXTURES_KEY = "detector_view_textures"
 
 
 @dataclass
@@ -45,12 +48,16 @@ class FrontEndConfig:
 
 
 def store_detector_model(obj: GaussianObject, images, masks) -> None:
-    """Learn the weight-free detector's object representation (colour and texture histograms)
-    from the masked reference views and keep it in the 3DGO's metadata, which the registry saves
-    with it. The one place registration, evaluation and benchmark make it."""
+    """Learn the weight-free detector's object representation (colour and texture histograms,
+    pooled and per view) from the masked reference views and keep it in the 3DGO's metadata,
+    which the registry saves with it. The one place registration, evaluation and benchmark make it."""
     obj.meta[COLOUR_KEY] = colour_model(images, masks).tolist()
     obj.meta[TEXTURE_KEY] = texture_model(images, masks).tolist()
     obj.meta[HOLES_KEY] = hole_fraction(masks)
+    views = view_models(images, masks)
+    # 5 decimals: the metadata is JSON, and 64 views' histograms stay ~60 KB
+    obj.meta[VIEW_COLOURS_KEY] = np.round(views.colours.astype(np.float64), 5).tolist()
+    obj.meta[VIEW_TEXTURES_KEY] = np.round(views.textures.astype(np.float64), 5).tolist()
 
 
 def _histogram_meta(obj: GaussianObject, key: str, what: str, n_bins: int, required: bool) -> np.ndarray | None:
@@ -74,6 +81,34 @@ def object_colour(obj: GaussianObject) -> np.ndarray:
 def object_texture(obj: GaussianObject) -> np.ndarray | None:
     """The detector's texture model, or None for a 3DGO registered before there was one."""
     return _histogram_meta(obj, TEXTURE_KEY, "texture", N_TEXTURE, required=False)
+
+
+def _view_histograms(obj: GaussianObject, key: str, what: str, n_bins: int) -> np.ndarray | None:
+    values = obj.meta.get(key)
+    if values is None:
+        return None
+    try:
+        arr = np.asarray(values, dtype=np.float32)
+    except (TypeError, ValueError):
+        arr = np.zeros((0,), np.float32)
+    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] != n_bins or not np.all(np.isfinite(arr)) \
+            or np.any(arr < 0) or np.any(arr.sum(axis=1) <= 0):
+        raise InputError(f"3DGO's per-view detector {what} models are unusable (want views x {n_bins} "
+                         f"histograms; register it again with this version)")
+    return arr / arr.sum(axis=1, keepdims=True)
+
+
+def object_views(obj: GaussianObject) -> ViewModels | None:
+    """The detector's per-view models, or None for a 3DGO registered before there were any
+    (its masks are then scored against the pooled models, which score right masks lower)."""
+    colours = _view_histograms(obj, VIEW_COLOURS_KEY, "colour", N_HS)
+    if colours is None:
+        return None
+    textures = _view_histograms(obj, VIEW_TEXTURES_KEY, "texture", N_TEXTURE)
+    if textures is not None and len(textures) != len(colours):
+        raise InputError(f"3DGO has {len(colours)} per-view colour models but {len(textures)} texture models "
+                         "(register it again with this version)")
+    return ViewModels(colours, textures)
 
 
 def object_holes(obj: GaussianObject) -> float:
@@ -181,6 +216,7 @@ class WeightFreeObject:
     bank: TemplateBank | None
     texture: np.ndarray | None = None  # the detector's texture model (None: colour alone)
     holes: float = 0.0  # share of the reference masks that is hole: a holed object's seeds are not filled
+    views: ViewModels | None = None  # per-view models that score the masks (None: the pooled ones do)
 
 
 class WeightFreeFrontEnd(FrontEnd):
@@ -195,12 +231,13 @@ class WeightFreeFrontEnd(FrontEnd):
     def prepare(self, obj: GaussianObject, with_bank: bool = True) -> WeightFreeObject:
         cfg = self.config
         # first: a bad model fails before seconds of template rendering
-        colour, texture, holes = object_colour(obj), object_texture(obj), object_holes(obj)
+        colour, texture, holes, views = object_colour(obj), object_texture(obj), object_holes(obj), object_views(obj)
         bank = build_template_bank(obj, cfg.template_viewpoints, cfg.template_inplane) if with_bank else None
-        return WeightFreeObject(colour, bank, texture, holes)
+        return WeightFreeObject(colour, bank, texture, holes, views)
 
     def detect(self, image: np.ndarray, prepared: WeightFreeObject, max_candidates: int | None = 3) -> list[Detection]:
-        return detect(image, prepared.colour, self.config.detector, prepared.texture, prepared.holes)[:max_candidates]
+        return detect(image, prepared.colour, self.config.detector, prepared.texture, prepared.holes,
+                      prepared.views)[:max_candidates]
 
     def describe(self, image, mask, prepared) -> None:
         return None

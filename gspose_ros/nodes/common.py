@@ -211,9 +211,13 @@ def declare_frontend(node: Node, detection: bool = False, retrieval: bool = Fals
             "device": declare(node, "device", "cpu", "learned: torch device for the network (cpu, cuda, cuda:1)"),
         })
     if detection:
-        cfg.detector = DetectorConfig(work_width=declare(node, "work_width", DetectorConfig.work_width,
-                                                         "weight_free: width (px) of the copy proposals are searched in; objects' "
-                                                         "texture models are learned at 320, another width blurs that cue"))
+        cfg.detector = DetectorConfig(
+            work_width=declare(node, "work_width", DetectorConfig.work_width,
+                               "weight_free: width (px) of the copy proposals are searched in; objects' "
+                               "texture models are learned at 320, another width blurs that cue"),
+            score_views=declare(node, "score_views", DetectorConfig.score_views,
+                                "weight_free: a mask's score is its mean similarity to this many best-matching "
+                                "reference views (the object seen from one side)"))
     if retrieval:
         cfg.template_viewpoints = declare(node, "template_viewpoints", cfg.template_viewpoints,
                                           "weight_free: template viewpoints over the sphere (~10 deg apart)")

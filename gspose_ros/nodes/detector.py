@@ -72,6 +72,11 @@ class DetectorNode(Node):
             # colour x texture, so more of its look-alike blobs reach retrieval
             self.get_logger().warning(f"object {object_id!r} has no texture model: detected by colour alone; "
                                       "register it again for the full detector")
+        elif getattr(prepared, "views", False) is None:
+            # registered before the per-view models: scored against its pooled histograms, which
+            # score its right masks lower than min_detection_score was set for
+            self.get_logger().warning(f"object {object_id!r} has no per-view detector models: its masks score lower "
+                                      "against the pooled ones; register it again for the full detector")
         return prepared
 
     def on_object_poses(self, msg: ObjectPoseArray) -> None:
