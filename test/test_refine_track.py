@@ -9,6 +9,7 @@ from gspose_ros.core.errors import InputError
 from gspose_ros.core.geometry import crop_window_from_pose
 from gspose_ros.core.losses import appearance_loss
 from gspose_ros.core.refine import (
+    CASCADE_POLISH_FINE_ITERS,
     PHOTOMETRIC_GAIN_RANGE,
     AlignConfig,
     CpuPoseLoss,
@@ -85,6 +86,16 @@ def test_refinement_at_the_coarse_size_only_returns_its_result(obj, queries):
     r = refine_pose(obj, img, mask, T0, f.K, RefineConfig(max_steps=10, min_steps=10, coarse_fraction=1.0, polish=None))
     assert r.iterations == 10 and r.alpha is not None and r.alpha.shape == (64, 64)
     assert np.abs(r.T - T0).max() > 1e-4
+
+
+def test_the_cascade_polish_length_is_set_and_checked():
+    """cascade_refine_config: 4 coarse + polish_fine_iters fine Gauss-Newton steps after Adam at 64 px."""
+    config = cascade_refine_config(30, 8)
+    assert (config.max_steps, config.coarse_fraction, config.polish.coarse_iters, config.polish.fine_iters) == (30, 1.0, 4, 8)
+    assert cascade_refine_config().polish.fine_iters == CASCADE_POLISH_FINE_ITERS
+    for bad in (0, -3):
+        with pytest.raises(InputError, match="polish_fine_iters"):
+            cascade_refine_config(40, bad)
 
 
 def test_refinement_in_two_calls_is_refinement_in_one(obj, queries):

@@ -84,14 +84,25 @@ class RefineConfig:
     polish: AlignConfig | None = field(default_factory=lambda: AlignConfig(coarse_iters=2, fine_iters=3))
 
 
-def cascade_refine_config(max_steps: int = 40) -> RefineConfig:
+# Gauss-Newton steps at 128 px that end the cascade's refinement (cascade_refine_config). Adam
+# leaves the depth a few per cent too far (its 64-px renders are fatter: refine_pose), and on the
+# bracket's thin parts 6 steps did not bring it back: seed-3 frames 10 and 11 ended at ADD 23 and
+# 19 mm, ~2 cm too far (0.1 d = 15 mm), and went on converging with more steps (12: 13 and 10 mm);
+# over the four scene sets 206 -> 208 of 240 (RESULTS.md, eighteenth session)
+CASCADE_POLISH_FINE_ITERS = 12
+
+
+def cascade_refine_config(max_steps: int = 40, polish_fine_iters: int = CASCADE_POLISH_FINE_ITERS) -> RefineConfig:
     """Refinement from a retrieved pose, inside the ~2 s/frame CPU budget (Estimator, refiner node):
     Adam at the coarse (64 px) size only, then a longer Gauss-Newton polish at both sizes (4 coarse
-    + 6 fine steps instead of 2 + 3). Measured from retrieved poses (10 frames per object,
-    /tmp/ds2): the longer polish took the frames within 0.1 d from 6 to 8 (low-texture bracket)
-    and 5 to 6 (duck); moving Adam's 128-px steps to 64 px kept every pass and saved ~0.3 s."""
+    + `polish_fine_iters` fine steps instead of 2 + 3). Measured from retrieved poses (10 frames per
+    object, /tmp/ds2): 4 + 6 took the frames within 0.1 d from 6 to 8 (low-texture bracket) and 5 to
+    6 (duck); moving Adam's 128-px steps to 64 px kept every pass and saved ~0.3 s. 4 + 12: RESULTS.md
+    (eighteenth session)."""
+    if polish_fine_iters < 1:
+        raise InputError(f"polish_fine_iters must be >= 1 (Gauss-Newton steps at the full size), got {polish_fine_iters}")
     return RefineConfig(max_steps=max_steps, min_steps=min(20, max_steps), coarse_fraction=1.0,
-                        polish=AlignConfig(coarse_iters=4, fine_iters=6))
+                        polish=AlignConfig(coarse_iters=4, fine_iters=polish_fine_iters))
 
 
 @dataclass

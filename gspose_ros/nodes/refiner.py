@@ -48,7 +48,7 @@ from ..core.estimator import (
     second_pass_pose,
     seeks_second_opinion,
 )
-from ..core.refine import AlignConfig, cascade_refine_config
+from ..core.refine import CASCADE_POLISH_FINE_ITERS, AlignConfig, cascade_refine_config
 from ..core.track import Tracker
 from ..core.visualize import draw_overlay
 from ..msg import DetectionArray, ObjectDetection, ObjectPoseArray, ObjectPoseEstimate
@@ -100,6 +100,8 @@ class RefinerNode(Node):
                               "Object whose pose goes to /object_pose ('': the most confident one in each frame)")
         steps = declare(self, "refine_steps", cascade_refine_config().max_steps,
                         "Render-and-compare steps from an initial pose (paper: <= 400 on GPU)")
+        polish_fine = declare(self, "polish_fine_iters", CASCADE_POLISH_FINE_ITERS,
+                              "CPU: Gauss-Newton steps at 128 px that end each refinement (settle the depth)")
         self.min_score = declare(self, "min_score", EstimatorConfig.min_score,
                                  "Refined-pose check score (0..1) needed to report a pose")
         self.recut_below = declare(self, "recut_below", EstimatorConfig.recut_below,
@@ -143,7 +145,7 @@ class RefinerNode(Node):
         self._last_overlay = 0.0
         tolerance = declare(self, "camera_info_tolerance_s", 0.05,
                             "Largest stamp difference accepted between an image and its camera_info")
-        self.refine_config = cascade_refine_config(int(steps))
+        self.refine_config = cascade_refine_config(int(steps), int(polish_fine))
         self.objects = RegisteredObjects(self, registry_dir, lambda _id, obj: obj)
         self.tracks: dict[str, Track] = {}
         self.pairing = CameraPairing(tolerance)

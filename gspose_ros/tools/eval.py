@@ -37,7 +37,7 @@ from ..core.estimator import Estimator, EstimatorConfig
 from ..core.frontend import BACKENDS, FrontEnd, FrontEndConfig, WeightFreeFrontEnd, store_detector_model
 from ..core.gaussians import load_gaussians, save_gaussians
 from ..core.geometry import mask_iou
-from ..core.refine import RefineConfig, cascade_refine_config, perturb_pose, refine_pose
+from ..core.refine import CASCADE_POLISH_FINE_ITERS, RefineConfig, cascade_refine_config, perturb_pose, refine_pose
 from ..core.views import validate_views
 
 INITS = ("gt-perturbed", "pipeline")
@@ -205,7 +205,7 @@ def evaluate_pipeline(args, ids, infos, log):
     frontend = FrontEndConfig(backend=args.backend, learned={
         "model_weights": args.model_weights, "dinov2_weights": args.dinov2_weights, "device": args.device}
         if args.backend == "learned" else {})
-    est = Estimator(EstimatorConfig(frontend=frontend, refine=cascade_refine_config(args.refine_steps),
+    est = Estimator(EstimatorConfig(frontend=frontend, refine=cascade_refine_config(args.refine_steps, args.polish_fine_iters),
                                     min_detection_score=args.min_detection_score, min_score=args.min_score,
                                     max_candidates=args.max_candidates, recut_below=args.recut_below,
                                     recut_texture_threshold=args.recut_texture_threshold,
@@ -384,6 +384,8 @@ def parse_args(argv=None):
     p.add_argument("--refine-steps", type=int, default=None,
                    help=f"Adam steps (default {RefineConfig.max_steps} for gt-perturbed, "
                         f"{EstimatorConfig().refine.max_steps} for pipeline)")
+    p.add_argument("--polish-fine-iters", type=int, default=CASCADE_POLISH_FINE_ITERS,
+                   help="pipeline: Gauss-Newton steps at 128 px ending each refinement (6 before the eighteenth session)")
     p.add_argument("--model-dir", default=None, help="cache built 3DGOs here and reuse them")
     p.add_argument("--rebuild", action="store_true", help="ignore cached 3DGOs")
     p.add_argument("--out", default="results/eval.json", help="JSON with per-frame errors and summaries")
