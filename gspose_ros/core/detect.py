@@ -53,9 +53,10 @@ class DetectorConfig:
     # shows one side of the object, whose colours the pooled histogram dilutes with every other
     # side's: the box's right masks scored 0.58-0.68 against its pooled model in three test
     # frames (below min_detection_score) while wrong blobs of its pastel colours scored up to 0.8.
-    # Measured over the 240 test frames of four scene sets (all detections, ground-truth reference
-    # masks): a right detection outscored every wrong one in 97.4 % of the frames pooled, 100 %
-    # per view (1, 3 or 8 views alike); mean of 3: less hangs on one view's mask
+    # Measured over the 240 test frames of four scene sets (all detections; co-segmented and
+    # ground-truth reference masks alike): a right detection outscored every wrong one in 97.4 %
+    # of the frames pooled, 100 % per view (1, 3 or 8 views alike); mean of 3: less hangs on one
+    # view's mask. Pipeline 201 -> 206 of 240 (RESULTS.md, eighteenth session)
     score_views: int = 3
     min_area_fraction: float = 0.001  # proposals smaller than this share of the image are ignored
     max_proposals: int = 3
