@@ -11,6 +11,7 @@ from gspose_ros.core import bop, metrics, synth
 from gspose_ros.core.colour import N_HS, TEXTURE_EDGES
 from gspose_ros.core.detect import (
     DetectorConfig,
+    ImageBins,
     _sure_core,
     colour_model,
     colour_similarity,
@@ -258,6 +259,29 @@ def test_a_mask_showing_one_side_scores_against_the_views_that_show_it():
     for bad in (0, -1, 2.5, True):
         with pytest.raises(InputError, match="score_views"):
             DetectorConfig(score_views=bad)
+
+
+def test_a_sliver_that_vanishes_at_the_work_width_still_scores():
+    """A cut whose pixels all fall between the work image's samples (a one-pixel line on an odd
+    row, halved to 320 wide) has no texture histogram: it scores on nothing (0), it does not stop
+    the detection with "no object pixels" as its texture model once did; the image's bins binned
+    once (ImageBins) score any mask as binning it afresh does."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    sliver = np.zeros((480, 640), bool)
+    sliver[101, 200:260] = True
+    model = colour_model([image], [np.ones((480, 640), bool)])
+    texture = texture_model([image], [np.ones((480, 640), bool)])
+    views = view_models([image], [np.ones((480, 640), bool)])
+    cfg = DetectorConfig()
+    assert detection_score(image, sliver, model, texture, views, cfg) == 0.0
+    assert detection_score(image, sliver, model, texture, None, cfg) == 0.0
+    bins = ImageBins.of(image, cfg.work_width)
+    blob = np.zeros((480, 640), bool)
+    blob[100:200, 300:420] = True
+    assert detection_score(image, blob, model, texture, views, cfg, bins) == pytest.approx(
+        detection_score(image, blob, model, texture, views, cfg)) and \
+        detection_score(image, blob, model, texture, views, cfg) > 0.5
 
 
 def test_per_view_models_are_stored_and_checked(built_duck, duck_refs, tmp_path):

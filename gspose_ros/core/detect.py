@@ -134,6 +134,12 @@ def _work_image(image: np.ndarray, work_width: int) -> np.ndarray:
     return cv2.resize(image, (int(round(w * scale)), int(round(h * scale))), interpolation=cv2.INTER_AREA)
 
 
+def _texture_counts(bins: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Texture-bin counts under `mask` (any size: resized to the binned image's, nearest)."""
+    small_mask = cv2.resize(np.asarray(mask).astype(np.uint8), bins.shape[::-1], interpolation=cv2.INTER_NEAREST)
+    return np.bincount(bins[small_mask > 0], minlength=N_TEXTURE).astype(np.float64)
+
+
 def texture_model(images, masks, work_width: int = DetectorConfig.work_width) -> np.ndarray:
     """The object's histogram of local texture strength (colour.texture_bins) over its masked
     reference pixels, taken at the detector's working width: the second half of the detector's
@@ -142,9 +148,7 @@ def texture_model(images, masks, work_width: int = DetectorConfig.work_width) ->
     seed region's IoU with the object 0.62 -> 0.67 on average)."""
     total = np.zeros(N_TEXTURE)
     for image, mask in zip(images, masks):
-        small = _work_image(image, work_width)
-        small_mask = cv2.resize(np.asarray(mask).astype(np.uint8), small.shape[1::-1], interpolation=cv2.INTER_NEAREST)
-        total += np.bincount(texture_bins(small)[small_mask > 0], minlength=N_TEXTURE)
+        total += _texture_counts(texture_bins(_work_image(image, work_width)), mask)
     if total.sum() == 0:
         raise InputError("no object pixels in the reference masks: cannot learn the object's texture")
     return (total / total.sum()).astype(np.float32)
@@ -201,14 +205,38 @@ def view_models(images, masks, work_width: int = DetectorConfig.work_width) -> V
     return ViewModels(np.asarray(colours, np.float32), np.asarray(textures, np.float32))
 
 
+@dataclass
+class ImageBins:
+    """A query's per-pixel colour bins (full resolution) and texture bins (at the detector's
+    working width, where the texture model was learned), binned once for all of its cuts:
+    detection_score histograms each cut's pixels from them."""
+
+    colour: np.ndarray  # (H, W) colour.hsv_bins
+    texture: np.ndarray  # (h, w) colour.texture_bins of the work image
+
+    @classmethod
+    def of(cls, image: np.ndarray, work_width: int = DetectorConfig.work_width) -> "ImageBins":
+        return cls(hsv_bins(image), texture_bins(_work_image(image, work_width)))
+
+    def colour_histogram(self, mask: np.ndarray) -> np.ndarray:
+        return histogram(self.colour, mask, N_HSV)
+
+    def texture_histogram(self, mask: np.ndarray) -> np.ndarray:
+        """Normalised; all zeros when no pixel of the mask survives the work width (a sliver)."""
+        counts = _texture_counts(self.texture, mask)
+        return counts / counts.sum() if counts.sum() > 0 else counts
+
+
 def detection_score(image: np.ndarray, mask: np.ndarray, model: np.ndarray, texture: np.ndarray | None,
-                    views: ViewModels | None, cfg: DetectorConfig) -> float:
+                    views: ViewModels | None, cfg: DetectorConfig, bins: ImageBins | None = None) -> float:
     """How much a mask looks like the object, in [0, 1] (Detection.score): colour x texture
     similarity (DetectorConfig.texture_in_score) to the `score_views` best-matching reference
-    views, or to the pooled models when the object has no per-view ones."""
-    colour_hist = histogram(hsv_bins(image), mask, N_HSV)
+    views, or to the pooled models when the object has no per-view ones. `bins`: the image's,
+    when the caller scores several masks of it (ImageBins.of(image, cfg.work_width))."""
+    bins = bins if bins is not None else ImageBins.of(image, cfg.work_width)
+    colour_hist = bins.colour_histogram(mask)
     use_texture = texture is not None and cfg.texture_in_score
-    texture_hist = texture_model([image], [mask], cfg.work_width) if use_texture else None
+    texture_hist = bins.texture_histogram(mask) if use_texture else None
     if views is not None:
         sims = views.similarities(colour_hist, texture_hist)
         best = np.sort(sims)[::-1][: cfg.score_views]
@@ -357,6 +385,7 @@ def detect(image: np.ndarray, model: np.ndarray, config: DetectorConfig | None =
     min_area = cfg.min_area_fraction * likely.size
     proposals = [(float(prob[comp == i].sum()), i) for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= min_area]
     fill_holes = cfg.fill_seed_holes and holes <= cfg.holed_object_fraction
+    bins = ImageBins(hsv_bins(image), texture_bins(small))  # every cut is scored on them
     detections = []
     for _, i in sorted(proposals, reverse=True)[: cfg.max_proposals]:
         region = binary_fill_holes(comp == i) if fill_holes else comp == i
@@ -369,5 +398,6 @@ def detect(image: np.ndarray, model: np.ndarray, config: DetectorConfig | None =
             if mask is None or mask.sum() < 16 or any(mask_iou(mask, c) >= cfg.same_cut_iou for c in cuts):
                 continue
             cuts.append(mask)
-            detections.append(Detection(mask, mask_box(mask), detection_score(image, mask, model, texture, views, cfg)))
+            score = detection_score(image, mask, model, texture, views, cfg, bins)
+            detections.append(Detection(mask, mask_box(mask), score))
     return sorted(detections, key=lambda d: -d.score)
