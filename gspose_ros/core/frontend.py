@@ -60,51 +60,46 @@ def store_detector_model(obj: GaussianObject, images, masks) -> None:
     obj.meta[VIEW_TEXTURES_KEY] = np.round(views.textures.astype(np.float64), 5).tolist()
 
 
-def _histogram_meta(obj: GaussianObject, key: str, what: str, n_bins: int, required: bool) -> np.ndarray | None:
+def _stored_histograms(obj: GaussianObject, key: str, what: str, n_bins: int, per_view: bool,
+                       required: bool = False) -> np.ndarray | None:
+    """The detector histogram(s) registration stored under `key`, each normalised: (n_bins,)
+    pooled, or (views, n_bins) per view; None when absent and not `required` (a 3DGO registered
+    before that model existed). Anything else is refused by name: another bin count would index
+    the wrong bins and detect nonsense, not fail; NaN, negative or empty histograms score nothing."""
     values = obj.meta.get(key)
     if values is None and not required:
         return None
-    arr = np.asarray(values if values is not None else [], dtype=np.float32)
-    if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr)) or arr.sum() <= 0:
-        raise InputError(f"3DGO has no detector {what} model, or an unusable one (register it again with this version)")
-    if arr.size != n_bins:
-        # another quantisation would index the wrong bins and detect nonsense, not fail
-        raise InputError(f"3DGO's detector {what} model has {arr.size} bins, this version uses {n_bins} "
-                         "(register it again with this version)")
-    return arr / arr.sum()
+    models = f"per-view detector {what} models" if per_view else f"detector {what} model"
+    try:
+        arr = np.asarray(values if values is not None else [], dtype=np.float32)
+    except (TypeError, ValueError):  # ragged lists, strings
+        arr = np.zeros((0,), np.float32)
+    shaped = arr.ndim == (2 if per_view else 1) and arr.size > 0
+    if shaped and arr.shape[-1] != n_bins:
+        raise InputError(f"3DGO's {models} {'have' if per_view else 'has'} {arr.shape[-1]} bins, this version uses "
+                         f"{n_bins} (register it again with this version)")
+    if not shaped or not np.all(np.isfinite(arr)) or np.any(arr < 0) or np.any(arr.sum(axis=-1) <= 0):
+        raise InputError(f"3DGO has no {models}, or unusable ones (want {'views x ' if per_view else ''}{n_bins}-bin "
+                         "histograms; register it again with this version)")
+    return arr / arr.sum(axis=-1, keepdims=True)
 
 
 def object_colour(obj: GaussianObject) -> np.ndarray:
-    return _histogram_meta(obj, COLOUR_KEY, "colour", N_HSV, required=True)
+    return _stored_histograms(obj, COLOUR_KEY, "colour", N_HSV, per_view=False, required=True)
 
 
 def object_texture(obj: GaussianObject) -> np.ndarray | None:
     """The detector's texture model, or None for a 3DGO registered before there was one."""
-    return _histogram_meta(obj, TEXTURE_KEY, "texture", N_TEXTURE, required=False)
-
-
-def _view_histograms(obj: GaussianObject, key: str, what: str, n_bins: int) -> np.ndarray | None:
-    values = obj.meta.get(key)
-    if values is None:
-        return None
-    try:
-        arr = np.asarray(values, dtype=np.float32)
-    except (TypeError, ValueError):
-        arr = np.zeros((0,), np.float32)
-    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] != n_bins or not np.all(np.isfinite(arr)) \
-            or np.any(arr < 0) or np.any(arr.sum(axis=1) <= 0):
-        raise InputError(f"3DGO's per-view detector {what} models are unusable (want views x {n_bins} "
-                         f"histograms; register it again with this version)")
-    return arr / arr.sum(axis=1, keepdims=True)
+    return _stored_histograms(obj, TEXTURE_KEY, "texture", N_TEXTURE, per_view=False)
 
 
 def object_views(obj: GaussianObject) -> ViewModels | None:
     """The detector's per-view models, or None for a 3DGO registered before there were any
     (its masks are then scored against the pooled models, which score right masks lower)."""
-    colours = _view_histograms(obj, VIEW_COLOURS_KEY, "colour", N_HS)
+    colours = _stored_histograms(obj, VIEW_COLOURS_KEY, "colour", N_HS, per_view=True)
     if colours is None:
         return None
-    textures = _view_histograms(obj, VIEW_TEXTURES_KEY, "texture", N_TEXTURE)
+    textures = _stored_histograms(obj, VIEW_TEXTURES_KEY, "texture", N_TEXTURE, per_view=True)
     if textures is not None and len(textures) != len(colours):
         raise InputError(f"3DGO has {len(colours)} per-view colour models but {len(textures)} texture models "
                          "(register it again with this version)")
