@@ -1,6 +1,8 @@
 import json
 import os
 
+import numpy as np
+
 from gspose_ros.tools import eval as gspose_eval
 
 
@@ -73,6 +75,22 @@ def test_model_silhouette_stands_in_for_mask_visib(dataset):
             behind = frame.T.copy()
             behind[2, 3] = -behind[2, 3]  # the object behind the camera: nothing to fill
             assert not bop.model_silhouette(vertices, faces, behind, frame.K, image.shape[:2]).any()
+
+
+def test_synthetic_scenes_put_pixel_centres_where_bop_does(dataset):
+    """BOP's K puts pixel centres at integers (OpenCV), pyrender at integer + 0.5: the synthetic
+    masks must sit where K projects the model, not half a pixel up and left of it (they did,
+    -0.52 px in x and y, until the principal point handed to pyrender was shifted)."""
+    from gspose_ros.core import bop
+
+    offsets = []
+    for obj_id in (2, 3):
+        vertices, faces = bop.load_model_mesh(dataset, obj_id)
+        for frame in bop.load_split_frames(dataset, "test", obj_id):
+            _, mask = frame.load()
+            silhouette = bop.model_silhouette(vertices, faces, frame.T, frame.K, mask.shape)
+            offsets.append(np.mean(np.nonzero(mask), axis=1) - np.mean(np.nonzero(silhouette), axis=1))
+    assert np.all(np.abs(np.mean(offsets, axis=0)) < 0.2), np.mean(offsets, axis=0)
 
 
 def _without_masks(dataset, root):

@@ -113,7 +113,10 @@ class MeshRenderer:
         ambient = 0.35 if fixed_light else rng.uniform(0.25, 0.45)
         scene = pr.Scene(ambient_light=np.full(3, ambient), bg_color=[0, 0, 0, 0])
         scene.add(self.mesh)
-        cam = pr.IntrinsicsCamera(K[0, 0], K[1, 1], K[0, 2], K[1, 2], znear=0.01, zfar=10.0)
+        # pyrender (OpenGL) puts pixel centres at integer + 0.5, BOP's K (OpenCV) at integers: the
+        # principal point moves by half a pixel, or every image and mask lands half a pixel up and
+        # left of where K projects the model (measured -0.52 / -0.52 px against the mesh's silhouette)
+        cam = pr.IntrinsicsCamera(K[0, 0], K[1, 1], K[0, 2] + 0.5, K[1, 2] + 0.5, znear=0.01, zfar=10.0)
         # pyrender cameras look down -z with y up (OpenGL); ours look down +z with y down
         cam_pose = np.linalg.inv(T) @ np.diag([1.0, -1.0, -1.0, 1.0])
         scene.add(cam, pose=cam_pose)
