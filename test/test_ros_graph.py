@@ -37,6 +37,11 @@ from gspose_ros.core.frontend import store_detector_model  # noqa: E402
 from gspose_ros.core.registry import Registry  # noqa: E402
 
 SENSOR = rclpy.qos.qos_profile_sensor_data if ROS_ERROR is None else None
+# private DDS domains, one pair per run of the suite (from its process id): with fixed ones, two
+# runs on one machine registered, listed and removed each other's objects (/list_objects answered
+# with the other run's registry). 20..219: inside Fast DDS's port range (domain ids up to 232)
+GRAPH_DOMAIN = 20 + 2 * (os.getpid() % 100)
+PIPELINE_DOMAIN = GRAPH_DOMAIN + 1
 
 
 def _registry_holding_the_duck(registry_dir, built_duck, dataset) -> str:
@@ -53,8 +58,8 @@ def graph(tmp_path_factory, built_duck, dataset, quick_fit_min_score):
     holds the duck (fitted by the session fixture)."""
     registry_dir = _registry_holding_the_duck(str(tmp_path_factory.mktemp("registry")), built_duck, dataset)
     # a private DDS domain: tests running in parallel elsewhere must not see each other
-    g = NodeGraph(log_dir=str(tmp_path_factory.mktemp("logs")), env={"ROS_DOMAIN_ID": "77"})
-    os.environ["ROS_DOMAIN_ID"] = "77"
+    g = NodeGraph(log_dir=str(tmp_path_factory.mktemp("logs")), env={"ROS_DOMAIN_ID": str(GRAPH_DOMAIN)})
+    os.environ["ROS_DOMAIN_ID"] = str(GRAPH_DOMAIN)
     g.start("registration", registry_dir=registry_dir, build_iterations=60)
     g.start("detector", registry_dir=registry_dir)
     # two hypotheses per detection: the refiner refines both and keeps the better-checking one
@@ -103,13 +108,13 @@ def test_pose_pipeline_runs_every_node_in_one_process(built_duck, dataset, tmp_p
     config["gspose_refiner"]["ros__parameters"]["min_score"] = quick_fit_min_score  # as the graph fixture
     params = tmp_path / "pipeline.yaml"
     params.write_text(yaml.safe_dump(config))
-    g = NodeGraph(config=str(params), log_dir=str(tmp_path / "logs"), env={"ROS_DOMAIN_ID": "78"})
+    g = NodeGraph(config=str(params), log_dir=str(tmp_path / "logs"), env={"ROS_DOMAIN_ID": str(PIPELINE_DOMAIN)})
     with pytest.raises(ValueError, match="params file"):
         g.start("pipeline", tracking=False)
     g.start("pipeline")
-    # a context of its own on the pipeline's domain (the module's graph, started after this test, uses 77)
+    # a context of its own on the pipeline's domain (the module's graph, started after this test, has another)
     context = rclpy.Context()
-    rclpy.init(context=context, domain_id=78)
+    rclpy.init(context=context, domain_id=PIPELINE_DOMAIN)
     client = Node("gspose_pipeline_test_client", context=context)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(client)
