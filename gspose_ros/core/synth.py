@@ -14,12 +14,13 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 import trimesh  # noqa: E402
 
 from .errors import InputError  # noqa: E402
 from .geometry import pose_to_bop  # noqa: E402
 from .metrics import model_diameter  # noqa: E402
-from .render import look_at_pose  # noqa: E402
+from .render import look_at_pose, shifted_intrinsics  # noqa: E402
 
 DUCK_PATH = "/usr/share/assimp/models/Collada/duck.dae"
 DEFAULT_K = np.array([[600.0, 0, 319.5], [0, 600.0, 239.5], [0, 0, 1]])
@@ -113,10 +114,12 @@ class MeshRenderer:
         ambient = 0.35 if fixed_light else rng.uniform(0.25, 0.45)
         scene = pr.Scene(ambient_light=np.full(3, ambient), bg_color=[0, 0, 0, 0])
         scene.add(self.mesh)
-        # pyrender (OpenGL) puts pixel centres at integer + 0.5, BOP's K (OpenCV) at integers: the
-        # principal point moves by half a pixel, or every image and mask lands half a pixel up and
-        # left of where K projects the model (measured -0.52 / -0.52 px against the mesh's silhouette)
-        cam = pr.IntrinsicsCamera(K[0, 0], K[1, 1], K[0, 2] + 0.5, K[1, 2] + 0.5, znear=0.01, zfar=10.0)
+        # pyrender (OpenGL) puts pixel centres at integer + 0.5, BOP's K (OpenCV) at integers, as our
+        # rasterizers do: the principal point moves by half a pixel (shifted_intrinsics), or every
+        # image and mask lands half a pixel up and left of where K projects the model (measured
+        # -0.52 / -0.52 px against the mesh's silhouette)
+        Kgl = shifted_intrinsics(torch.as_tensor(K, dtype=torch.float64)).numpy()
+        cam = pr.IntrinsicsCamera(Kgl[0, 0], Kgl[1, 1], Kgl[0, 2], Kgl[1, 2], znear=0.01, zfar=10.0)
         # pyrender cameras look down -z with y up (OpenGL); ours look down +z with y down
         cam_pose = np.linalg.inv(T) @ np.diag([1.0, -1.0, -1.0, 1.0])
         scene.add(cam, pose=cam_pose)
